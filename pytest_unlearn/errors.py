@@ -1,0 +1,72 @@
+"""The errors pytest-unlearn raises.
+
+Every failure the library can foresee is an :class:`UnlearnError` (or a
+subclass) with a message that names the file, row or setting involved and what
+to do about it.  The pytest plugin turns these into clean test errors instead of
+tracebacks from deep inside torch or pandas.  A failed guarantee is not an error
+but an :class:`UnlearningAssertionError`, which is an ``AssertionError``.
+"""
+
+from __future__ import annotations
+
+
+class UnlearnError(Exception):
+    """Base class of the errors pytest-unlearn raises on purpose."""
+
+
+class ConfigError(UnlearnError):
+    """A setting is missing or invalid (names the ini key and flag to set)."""
+
+
+class DataError(UnlearnError):
+    """A data file is missing, unreadable or malformed.
+
+    The message starts with ``path:line:`` (or ``path: row N:``) when known.
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None,
+                 row: int | None = None):
+        self.path = path
+        self.line = line
+        self.row = row
+        where = ""
+        if path is not None:
+            where = str(path)
+            if line is not None:
+                where += f":{line}"
+            elif row is not None:
+                where += f": row {row}"
+            where += ": "
+        super().__init__(where + message)
+
+
+class ModelLoadError(UnlearnError):
+    """A model could not be loaded (names the path and the reason)."""
+
+
+class ModelMismatchError(UnlearnError):
+    """Two models that must match (tokenizer, architecture, shapes) do not."""
+
+
+class MetricError(UnlearnError):
+    """A metric cannot be computed on this data, or produced NaN/inf."""
+
+
+class AttackError(UnlearnError):
+    """An attack spec is malformed, or an attack could not run."""
+
+
+class UnknownNameError(UnlearnError, KeyError):
+    """A metric, attack or method name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnlearningAssertionError(AssertionError):
+    """An unlearning guarantee does not hold: forgotten knowledge leaks,
+    or retained knowledge was lost.  ``result`` holds the figures."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

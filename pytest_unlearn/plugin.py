@@ -1,0 +1,1 @@
+"""pytest plugin wiring for pytest-unlearn (registered as ``unlearn``)."""
