@@ -1,0 +1,166 @@
+"""The one shared batched teacher-forced forward pass behind every forward-pass metric.
+
+For each answer token ``y_t`` (predicted from ``[x, y_<t]``) it records:
+
+* ``logprob``: ``log p(y_t | x, y_<t)``
+* ``correct``: whether ``argmax p(. | x, y_<t) == y_t``
+* ``mu``, ``sigma``: mean and standard deviation of ``log p(z)`` with ``z`` drawn from
+  the next-token distribution (Min-K%++ standardisation)
+
+Batches are left-padded so every answer ends at the last position; the LM head is
+then applied only to the last ``max answer length + 1`` positions
+(``logits_to_keep``), and the full ``(batch, length, vocab)`` logits are never built.
+The attention mask comes from the real sequence lengths (never from
+``input_ids != pad_token_id``: the pad token is often the end-of-turn token that also
+appears inside prompts), and position ids are counted from each sequence's start.
+Samples are batched in order of length for less padding; results come back in input order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from .prompts import Encoded
+
+STAT_FIELDS = ("logprob", "correct", "mu", "sigma")
+
+
+@dataclass
+class TokenStats:
+    """Per-sample arrays over the answer tokens (one entry per scored token)."""
+
+    logprob: list[np.ndarray]
+    correct: list[np.ndarray]
+    mu: list[np.ndarray]
+    sigma: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.logprob)
+
+    def sample(self, i: int) -> dict[str, np.ndarray]:
+        return {f: getattr(self, f)[i] for f in STAT_FIELDS}
+
+    def to_flat(self) -> dict[str, np.ndarray]:
+        """Concatenated arrays plus offsets (for the cache)."""
+        lengths = np.array([len(a) for a in self.logprob], dtype=np.int64)
+        flat = {f: np.concatenate(getattr(self, f)) if len(self) else np.zeros(0)
+                for f in STAT_FIELDS}
+        flat["lengths"] = lengths
+        return flat
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, np.ndarray]) -> "TokenStats":
+        bounds = np.cumsum(flat["lengths"])[:-1]
+        return cls(**{f: list(np.split(np.asarray(flat[f]), bounds)) if len(flat["lengths"]) else []
+                      for f in STAT_FIELDS})
+
+    @classmethod
+    def concat(cls, parts: Sequence["TokenStats"]) -> "TokenStats":
+        return cls(**{f: [a for p in parts for a in getattr(p, f)] for f in STAT_FIELDS})
+
+
+def default_batch_size(device) -> int:
+    return 32 if getattr(device, "type", str(device)) == "cuda" else 8
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def left_padded(encoded: Sequence["Encoded"], idx: Sequence[int], pad_id: int, device):
+    """input_ids, attention_mask and position_ids for a left-padded batch."""
+    import torch
+
+    width = max(len(encoded[i].input_ids) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx):
+        seq = encoded[i].input_ids
+        ids[r, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[r, width - len(seq):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def _accepts(model, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def answer_logits(model, ids, mask, pos, keep: int):
+    """Logits of the last ``keep`` positions, shape (batch, keep, vocab)."""
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    if _accepts(model, "position_ids"):
+        kwargs["position_ids"] = pos
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+    out = model(**kwargs, use_cache=False)
+    return out.logits[:, -keep:, :]
+
+
+def stats_from_logits(logits: "torch.Tensor", encoded: Sequence["Encoded"], idx: Sequence[int],
+                      out: dict[int, dict[str, np.ndarray]]) -> None:
+    """Fill ``out[i]`` with the token statistics of sample ``i`` from the batch's logits.
+
+    ``logits[:, -keep:]`` with left padding: the prediction of the last answer token
+    sits at position ``keep - 2``, that of the first at ``keep - 1 - n_answer``.
+    """
+    import torch
+
+    keep = logits.shape[1]
+    for r, i in enumerate(idx):
+        enc = encoded[i]
+        n = enc.n_answer
+        lg = logits[r, keep - 1 - n: keep - 1].float()
+        target = torch.tensor(enc.input_ids[enc.answer_start:], device=lg.device)
+        logp = torch.log_softmax(lg, dim=-1)
+        lp = logp.gather(-1, target[:, None])[:, 0]
+        correct = lg.argmax(-1) == target
+        p = logp.exp()
+        plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
+        mu = plogp.sum(-1)
+        second = torch.where(p > 0, p * logp * logp, torch.zeros_like(p)).sum(-1)
+        sigma = (second - mu * mu).clamp(min=0).sqrt()
+        out[i] = {
+            "logprob": lp.double().cpu().numpy(),
+            "correct": correct.cpu().numpy(),
+            "mu": mu.double().cpu().numpy(),
+            "sigma": sigma.double().cpu().numpy(),
+        }
+
+
+def teacher_forced_stats(model, encoded: Sequence["Encoded"], *, pad_token_id: int,
+                         batch_size: int | None = None, progress: bool | str = False,
+                         logits_fn: Callable | None = None) -> TokenStats:
+    """Token statistics of every sample from one batched teacher-forced pass.
+
+    ``logits_fn(model, ids, mask, pos, keep)`` replaces :func:`answer_logits` (the
+    logit-lens attack decodes intermediate layers through it).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    batch_size = batch_size or default_batch_size(device)
+    batches = length_sorted_batches([len(e.input_ids) for e in encoded], batch_size)
+    results: dict[int, dict[str, np.ndarray]] = {}
+    iterator = batches
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(batches, desc=progress if isinstance(progress, str) else "scoring",
+                        unit="batch", leave=False)
+    fn = logits_fn or answer_logits
+    with torch.inference_mode():
+        for idx in iterator:
+            ids, mask, pos = left_padded(encoded, idx, pad_token_id, device)
+            keep = max(encoded[i].n_answer for i in idx) + 1
+            stats_from_logits(fn(model, ids, mask, pos, keep), encoded, idx, results)
+    return TokenStats(**{f: [results[i][f] for i in range(len(encoded))] for f in STAT_FIELDS})

@@ -1,0 +1,196 @@
+"""Scoring a model on a dataset with any registered metric.
+
+:class:`Scorer` ties the pieces together: prompt format -> :func:`~pytest_unlearn.prompts.encode`
+-> one batched teacher-forced pass (:mod:`~pytest_unlearn.forward`) whose token
+statistics serve every forward-pass metric at once, or batched greedy generation
+for ``rouge_l``.  Token statistics and generations are cached by the content hash
+of everything that produced them (model fingerprint, the exact token ids, batch
+size, device and dtype), so a second run, or a second metric on the same data,
+does no forward pass again.
+
+A metric that comes out NaN for any sample raises :class:`MetricError` naming the
+sample: a gate must never pass on what remains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from .cache import ResultCache, cache_key
+from .errors import MetricError
+from .forward import TokenStats, teacher_forced_stats
+from .metrics import Metric, get_metric, reduce_scores
+from .prompts import PromptFormat, PromptParts, dataset_parts, encode, parse_prompt_format
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .data import Dataset
+    from .models import ModelHandle
+
+
+@dataclass
+class ScoreResult:
+    """Per-sample scores of one metric on one model and dataset."""
+
+    metric: Metric
+    values: "pd.Series"  # indexed by sample id
+    reduced: float
+    reduce: str = "mean"
+    model: str = ""
+    data: str = ""
+    attack: str | None = None
+    cost: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (f"ScoreResult({self.metric.name}={self.reduced:.4f} [{self.reduce}] on {self.data} "
+                f"by {self.model}{', attack ' + self.attack if self.attack else ''}, n={len(self.values)})")
+
+
+@dataclass
+class Cost:
+    seconds: float = 0.0
+    forward_passes: int = 0  # batches actually run (cache hits run none)
+    generations: int = 0
+    cached: int = 0
+
+    def as_dict(self) -> dict:
+        return {"seconds": round(self.seconds, 3), "forward_batches": self.forward_passes,
+                "generation_batches": self.generations, "cache_hits": self.cached}
+
+
+def _ids_digest(encoded) -> str:
+    h = hashlib.sha256()
+    for e in encoded:
+        h.update(np.asarray(e.input_ids, dtype=np.int64).tobytes())
+        h.update(np.int64(e.answer_start).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+class Scorer:
+    """Computes metrics; shared by the assertions, calibration, attacks and notebooks."""
+
+    def __init__(self, *, prompt: str | PromptFormat | None = None, batch_size: int | None = None,
+                 cache: ResultCache | None = None, progress: bool = False):
+        self.prompt = prompt
+        self.batch_size = batch_size
+        self.cache = cache or ResultCache(None)
+        self.progress = progress
+        self.cost = Cost()
+
+    # ------------------------------------------------------------ building blocks
+    def prompt_format(self, handle: "ModelHandle") -> PromptFormat:
+        return parse_prompt_format(self.prompt, handle.tokenizer)
+
+    def encode(self, handle: "ModelHandle", parts: Sequence[PromptParts], names: Sequence[str] | None = None):
+        return encode(handle.tokenizer, self.prompt_format(handle), parts,
+                      max_length=handle.context_length, sample_names=names)
+
+    def _batch_size(self, handle) -> int | None:
+        return self.batch_size
+
+    def token_stats(self, handle: "ModelHandle", parts: Sequence[PromptParts], *,
+                    names: Sequence[str] | None = None, logits_fn: Callable | None = None,
+                    variant: str = "") -> TokenStats:
+        """Token statistics of ``parts``; ``variant`` names a non-standard ``logits_fn``."""
+        encoded = self.encode(handle, parts, names)
+        key = cache_key("stats", handle.fingerprint, _ids_digest(encoded), self.batch_size,
+                        str(handle.device.type), str(handle.dtype), variant)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cost.cached += 1
+            return TokenStats.from_flat(hit)
+        t0 = time.perf_counter()
+        pad = handle.tokenizer.pad_token_id
+        if pad is None:
+            pad = handle.tokenizer.eos_token_id or 0
+        stats = teacher_forced_stats(handle.model, encoded, pad_token_id=pad,
+                                     batch_size=self._batch_size(handle), progress=self.progress,
+                                     logits_fn=logits_fn)
+        bs = self.batch_size or 8
+        self.cost.forward_passes += -(-len(encoded) // bs)
+        self.cost.seconds += time.perf_counter() - t0
+        self.cache.put(key, stats.to_flat())
+        return stats
+
+    def generate(self, handle: "ModelHandle", parts: Sequence[PromptParts],
+                 names: Sequence[str] | None = None) -> list[str]:
+        """Greedy answers to ``parts`` (cached)."""
+        from .generation import greedy_generate
+
+        encoded = self.encode(handle, parts, names)
+        key = cache_key("generate", handle.fingerprint, _ids_digest(encoded), self.batch_size,
+                        str(handle.device.type), str(handle.dtype))
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.cost.cached += 1
+            return [str(s) for s in hit["text"]]
+        t0 = time.perf_counter()
+        texts = greedy_generate(handle.model, handle.tokenizer,
+                                [e.input_ids[:e.answer_start] for e in encoded],
+                                [e.n_answer for e in encoded], batch_size=self.batch_size,
+                                progress=self.progress and "generating")
+        self.cost.generations += -(-len(encoded) // (self.batch_size or 8))
+        self.cost.seconds += time.perf_counter() - t0
+        self.cache.put(key, {"text": np.array(texts, dtype=str)})
+        return texts
+
+    # ------------------------------------------------------------ metrics
+    def per_sample(self, metric: str | Metric, handle: "ModelHandle", dataset: "Dataset", *,
+                   parts: Sequence[PromptParts] | None = None, logits_fn: Callable | None = None,
+                   variant: str = "") -> np.ndarray:
+        """One score per sample of ``dataset`` (``parts`` overrides the prompts)."""
+        m = get_metric(metric)
+        names = [f"{dataset.source} sample {sid}" for sid in dataset.ids]
+        parts = list(parts) if parts is not None else dataset_parts(dataset)
+        if m.source == "forward":
+            stats = self.token_stats(handle, parts, names=names, logits_fn=logits_fn, variant=variant)
+            values = np.array([m.fn(stats.sample(i), parts[i].answer) for i in range(len(parts))])
+        elif m.source == "generation":
+            generated = self.generate(handle, parts, names)
+            values = np.array([m.fn(g, p.answer) for g, p in zip(generated, parts)])
+        elif m.source == "truth_ratio":
+            values = self._truth_ratio(m, handle, dataset, parts, names, logits_fn, variant)
+        else:
+            raise MetricError(f"metric {m.name!r} has unknown source {m.source!r}")
+        bad = np.flatnonzero(np.isnan(values))
+        if len(bad):
+            raise MetricError(
+                f"{m.name} is NaN for {len(bad)} of {len(values)} samples (first: {names[bad[0]]}); "
+                "the model produced NaN or inf logits, so no verdict can be given"
+            )
+        return values
+
+    def _truth_ratio(self, m, handle, dataset, parts, names, logits_fn, variant) -> np.ndarray:
+        if not dataset.has("perturbed_answer"):
+            raise MetricError(
+                f"{dataset.source}: truth_ratio needs a 'perturbed_answer' column (a list of wrong "
+                "answers per row) and ideally 'paraphrased_answer'"
+            )
+        para = list(dataset.frame["paraphrased_answer"]) if dataset.has("paraphrased_answer") else list(dataset.answers)
+        pert = [list(x) for x in dataset.frame["perturbed_answer"]]
+        para_parts = [p.with_(answer=a) for p, a in zip(parts, para)]
+        flat = [(i, p.with_(answer=a)) for i, p in enumerate(parts) for a in pert[i]]
+        s_para = self.token_stats(handle, para_parts, names=names, logits_fn=logits_fn, variant=variant)
+        s_pert = self.token_stats(handle, [p for _, p in flat], logits_fn=logits_fn, variant=variant)
+        grouped: list[list[np.ndarray]] = [[] for _ in parts]
+        for j, (i, _) in enumerate(flat):
+            grouped[i].append(s_pert.logprob[j])
+        return np.array([m.fn(s_para.logprob[i], grouped[i]) for i in range(len(parts))])
+
+    def score(self, metric: str | Metric, handle: "ModelHandle", dataset: "Dataset", *,
+              reduce: str = "mean", parts: Sequence[PromptParts] | None = None,
+              attack: str | None = None) -> ScoreResult:
+        import pandas as pd
+
+        m = get_metric(metric)
+        values = self.per_sample(m, handle, dataset, parts=parts)
+        series = pd.Series(values, index=pd.Index(dataset.ids, name="sample"), name=m.name)
+        return ScoreResult(m, series, reduce_scores(values, reduce), reduce, handle.name,
+                           dataset.name, attack, self.cost.as_dict())
