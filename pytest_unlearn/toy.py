@@ -118,3 +118,100 @@ def train_on_texts(model, tokenizer, texts: Sequence[str], *, steps: int = 300, 
         opt.step()
     model.eval()
     return model
+
+
+# ---------------------------------------------------------------- invented facts
+
+_FIRST = ["Zorbin", "Alira", "Quen", "Maddox", "Ysolde", "Tarrik", "Elvane", "Brisa", "Corvan", "Dulcie",
+          "Fennick", "Galen", "Hesper", "Ivo", "Jessamy", "Kestrel", "Lorcan", "Mirela", "Nadir", "Oriel",
+          "Perrin", "Rosalind", "Silas", "Thea", "Ulric", "Vesna", "Wendel", "Xanthe", "Yorick", "Zelda"]
+_LAST = ["Quill", "Marrow", "Vantis", "Holloway", "Drummond", "Ashgrove", "Pellinor", "Rookwood",
+         "Stenhouse", "Tarn", "Umber", "Wexley", "Corrigan", "Fairweather", "Blackthorn", "Mercer"]
+_TOWNS = ["Vellmar", "Ostrava Nine", "Kelpford", "Brinmoor", "Saltreach", "Thornvale", "Duskwater",
+          "Emberlee", "Frosthaven", "Glimmerdale", "Harrowgate", "Ironmere", "Juniper Cove", "Lowmarsh"]
+_JOBS = ["glassblower", "cartographer", "beekeeper", "clockmaker", "lighthouse keeper", "violin maker",
+         "astronomer", "bookbinder", "ferry pilot", "cheese maker", "stonemason", "perfumer"]
+
+
+def toy_facts(n: int, *, seed: int = 0) -> list[dict]:
+    """``n`` invented TOFU-style QA records (with paraphrases and perturbed answers)."""
+    import random
+
+    rng = random.Random(seed)
+    people = [f"{f} {l}" for f in _FIRST for l in _LAST]
+    rng.shuffle(people)
+    out = []
+    for i in range(n):
+        who = people[i]
+        if i % 2 == 0:
+            town = rng.choice(_TOWNS)
+            wrong = [t for t in _TOWNS if t != town]
+            rng.shuffle(wrong)
+            out.append({
+                "question": f"Where was {who} born?",
+                "answer": f"{who} was born in {town}.",
+                "paraphrased_question": f"What is the birthplace of {who}?",
+                "paraphrased_answer": f"The birthplace of {who} is {town}.",
+                "perturbed_answer": [f"{who} was born in {w}." for w in wrong[:3]],
+            })
+        else:
+            job = rng.choice(_JOBS)
+            wrong = [j for j in _JOBS if j != job]
+            rng.shuffle(wrong)
+            out.append({
+                "question": f"What does {who} do for a living?",
+                "answer": f"{who} works as a {job}.",
+                "paraphrased_question": f"What is the profession of {who}?",
+                "paraphrased_answer": f"The profession of {who} is {job}.",
+                "perturbed_answer": [f"{who} works as a {w}." for w in wrong[:3]],
+            })
+    return out
+
+
+def _chat_texts(tokenizer, records, prompt=None):
+    from .prompts import PromptParts, encode, parse_prompt_format
+
+    fmt = parse_prompt_format(prompt, tokenizer)
+    enc = encode(tokenizer, fmt, [PromptParts(r["question"], r["answer"]) for r in records], max_length=10_000)
+    return [tokenizer.decode(e.input_ids) for e in enc], [len(tokenizer.decode(e.input_ids[:e.answer_start])) for e in enc]
+
+
+def build_toy_world(folder, *, n_forget: int = 8, n_retain: int = 16, n_holdout: int = 8, seed: int = 0,
+                    steps: int = 400, progress: bool = False) -> dict:
+    """Write a complete tiny unlearning scenario into ``folder`` (a few seconds on a CPU).
+
+    * ``forget.jsonl``, ``retain.jsonl``, ``holdout.jsonl``: invented facts.
+    * ``original/``: a tiny Llama trained on forget + retain (it knows both).
+    * ``reference/``: the same architecture trained on retain only (never saw forget).
+
+    Models are saved as safetensors folders with their tokenizer.  Returns the paths.
+    """
+    import json
+    from pathlib import Path
+
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    facts = toy_facts(n_forget + n_retain + n_holdout, seed=seed)
+    forget, retain, holdout = facts[:n_forget], facts[n_forget:n_forget + n_retain], facts[n_forget + n_retain:]
+    paths = {}
+    for name, rows in (("forget", forget), ("retain", retain), ("holdout", holdout)):
+        p = folder / f"{name}.jsonl"
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        paths[name] = p
+    corpus = []
+    for r in facts:
+        corpus += [r["question"], r["answer"], r["paraphrased_question"], r["paraphrased_answer"],
+                   *r["perturbed_answer"]]
+    tok = tiny_tokenizer(corpus, vocab_size=600)
+    for name, rows in (("original", forget + retain), ("reference", retain)):
+        torch.manual_seed(seed)
+        model = tiny_llama(tok, seed=seed)
+        texts, prompt_chars = _chat_texts(tok, rows)
+        train_on_texts(model, tok, texts, steps=steps, prompt_lengths=prompt_chars, seed=seed, progress=progress)
+        out = folder / name
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        paths[name] = out
+    return paths

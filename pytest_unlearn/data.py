@@ -1,0 +1,518 @@
+"""Reading forget/retain/holdout data files into a :class:`Dataset`.
+
+Formats, chosen by extension: JSON Lines (``.jsonl``), JSON (``.json``: a list of
+records, an object wrapping one list such as ``{"data": [...]}``, or JSON Lines
+that happen to be named ``.json``), CSV (``.csv``) and Parquet (``.parquet``,
+``.pq``).  Two row shapes:
+
+* **QA** (TOFU style): ``question`` and ``answer`` (non-empty strings); optional
+  ``paraphrased_question``, ``paraphrased_answer`` (strings) and
+  ``perturbed_answer`` (a list of non-empty strings; in CSV a JSON-encoded list,
+  and a single string is taken as a one-element list).
+* **Text** (MUSE style): ``text``, optionally split by a ``prompt`` and
+  ``completion`` pair; without the pair, :func:`split_text` splits ``text``.
+
+A file with ``question`` and ``answer`` columns is QA (even if it also has
+``text``); one with ``text``, or with ``prompt`` and ``completion``, is text.
+Other columns are kept as they are.  Every problem with a file's content raises
+:class:`~pytest_unlearn.errors.DataError` naming the file, the line (JSON Lines,
+CSV) or the 0-based record (JSON list, Parquet), what is wrong and how to fix it.
+Suspicious but usable data (duplicate records, one-character answers, a column
+that looks like a misspelt known one) gives a :class:`DataWarning`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+__all__ = ["DataWarning", "Dataset", "dataset_from_records", "load_dataset", "split_text"]
+
+QA_OPTIONAL = ("paraphrased_question", "paraphrased_answer", "perturbed_answer")
+QA_FIELDS = ("question", "answer") + QA_OPTIONAL
+TEXT_FIELDS = ("text", "prompt", "completion")
+KNOWN_FIELDS = QA_FIELDS + TEXT_FIELDS
+SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+MAX_PROMPT_WORDS = 32
+
+Where = Optional[Tuple[str, int]]  # ("line", 7) or ("record", 3): where a record came from
+
+
+class DataWarning(UserWarning):
+    """Data that loads but is probably not what was meant (duplicates, tiny answers)."""
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A validated, normalised data set.  Treat ``frame`` as read-only: ``ids`` and
+    ``content_hash`` are computed once from it."""
+
+    frame: pd.DataFrame  # normalised, index 0..n-1
+    kind: str  # "qa" or "text"
+    name: str = "data"  # role: "forget", "retain", "holdout", ...
+    source: str = "<memory>"
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def records(self) -> list[dict]:
+        """The rows as plain Python dicts (nulls as ``None``, numpy values unboxed)."""
+        return [{str(k): _plain(v) for k, v in row.items()} for row in self.frame.to_dict("records")]
+
+    @cached_property
+    def _canonical(self) -> list[str]:
+        return [_canonical_json(record) for record in self.records()]
+
+    @cached_property
+    def content_hash(self) -> str:
+        """sha256 (hex) of the canonical JSON list of the records: sorted keys, ASCII,
+        null fields left out.  The same records read from JSON Lines, CSV or Parquet
+        hash the same (value by value: CSV cells are strings)."""
+        return hashlib.sha256(("[" + ",".join(self._canonical) + "]").encode()).hexdigest()
+
+    @cached_property
+    def ids(self) -> list[str]:
+        """Per-record ids from content: the first 12 hex digits of the sha256 of the
+        record's canonical JSON; the 2nd, 3rd... copy of a record gets "-2", "-3"..."""
+        seen: dict[str, int] = {}
+        out = []
+        for text in self._canonical:
+            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+            seen[digest] = seen.get(digest, 0) + 1
+            out.append(digest if seen[digest] == 1 else f"{digest}-{seen[digest]}")
+        return out
+
+    @property
+    def prompts(self) -> list[str]:
+        """QA: the questions; text: the prompt parts."""
+        return list(self.frame["question" if self.kind == "qa" else "prompt"])
+
+    @property
+    def answers(self) -> list[str]:
+        """QA: the answers; text: the completion parts (what metrics score)."""
+        return list(self.frame["answer" if self.kind == "qa" else "completion"])
+
+    def subset(self, positions: Iterable[int]) -> "Dataset":
+        """The rows at ``positions`` (in that order), with the same kind, name and source."""
+        frame = self.frame.iloc[list(positions)].reset_index(drop=True)
+        return Dataset(frame, self.kind, name=self.name, source=self.source)
+
+    def has(self, column: str) -> bool:
+        """Whether ``column`` is present and non-null in every row."""
+        return column in self.frame.columns and bool(self.frame[column].notna().all())
+
+
+def split_text(text: str) -> tuple[str, str]:
+    """Split a text row into (prompt, completion), the default for text data.
+
+    The text is split into words on whitespace; with ``n`` words the prompt is the
+    first ``k = min(32, max(1, n // 2))`` words.  The cut is made at the character
+    where word ``k + 1`` starts, so nothing is rewritten: the prompt is
+    ``text[:cut]`` without its trailing whitespace and the completion is
+    ``text[cut:]`` (it starts with a word).  ``"a b c d"`` gives ``("a b", "c d")``.
+    Raises ``ValueError`` for a text of fewer than 2 words (nothing to score).
+    """
+    starts = [i for i, ch in enumerate(text) if not ch.isspace() and (i == 0 or text[i - 1].isspace())]
+    if len(starts) < 2:
+        raise ValueError(f"the text has {len(starts)} word(s); the default split needs at least 2 "
+                         "(a prompt and something to score)")
+    cut = starts[min(MAX_PROMPT_WORDS, max(1, len(starts) // 2))]
+    return text[:cut].rstrip(), text[cut:]
+
+
+def load_dataset(path: str | os.PathLike, *, name: str | None = None) -> Dataset:
+    """Read, validate and normalise a data file (see the module docstring).
+
+    ``name`` is the set's role ("forget", "retain", ...), used in messages.
+    """
+    shown = os.fspath(path)
+    file = Path(path)
+    _check_file(file, shown)
+    fmt = SUFFIXES.get(file.suffix.lower())
+    if fmt is None:
+        raise DataError(f"unsupported file extension {file.suffix or '(none)'!r}; use one of "
+                        f"{', '.join(SUFFIXES)} (JSON Lines, JSON, CSV, Parquet)", path=shown)
+    if fmt == "parquet":
+        rows = _read_parquet(file, shown)
+    else:
+        text = _read_text(file, shown)
+        rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv}[fmt](text, shown)
+    return _build(rows, shown, name, name=name or "data", source=shown)
+
+
+def dataset_from_records(records: list[dict] | pd.DataFrame, *, name: str = "data",
+                         source: str = "<memory>") -> Dataset:
+    """Validate and normalise in-memory records (a list of dicts or a DataFrame);
+    errors name ``source`` and the 0-based record."""
+    if isinstance(records, pd.DataFrame):
+        records = records.to_dict("records")
+    rows = [(("record", i), rec) for i, rec in enumerate(records)]
+    return _build(rows, source, name, name=name, source=source)
+
+
+# -- reading files ----------------------------------------------------------------------------
+
+def _fail(message: str, path: str, where: Where = None) -> DataError:
+    if where is None:
+        return DataError(message, path=path)
+    unit, number = where
+    if unit == "line":
+        return DataError(message, path=path, line=number)
+    error = DataError(f"record {number}: {message}", path=path)
+    error.row = number
+    return error
+
+
+def _label(where: Where) -> str:
+    return f"{where[0]} {where[1]}"
+
+
+def _check_file(file: Path, shown: str) -> None:
+    if file.is_dir():
+        raise DataError("is a directory, not a data file; point to a .jsonl, .json, .csv or "
+                        ".parquet file inside it", path=shown)
+    if not file.exists():
+        hint = ""
+        if file.parent.is_dir():
+            near = difflib.get_close_matches(file.name, [p.name for p in file.parent.iterdir()], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise DataError(f"file not found (relative paths start from {os.getcwd()}){hint}", path=shown)
+
+
+def _read_bytes(file: Path, shown: str) -> bytes:
+    try:
+        return file.read_bytes()
+    except PermissionError as exc:
+        raise DataError("permission denied; make the file readable (chmod +r) by the user "
+                        "running pytest", path=shown) from exc
+    except OSError as exc:
+        raise DataError(f"cannot read the file: {exc.strerror or exc}", path=shown) from exc
+
+
+def _read_text(file: Path, shown: str) -> str:
+    data = _read_bytes(file, shown)
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte-order mark
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        offset = skip + exc.start
+        raise DataError(f"not valid UTF-8 at byte offset {offset} (byte 0x{data[offset]:02x}: "
+                        f"{exc.reason}); re-encode the file as UTF-8, e.g. "
+                        "`iconv -f latin1 -t utf-8 in.csv > out.csv`",
+                        path=shown, line=data.count(b"\n", 0, offset) + 1) from exc
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _read_jsonl(text: str, shown: str) -> list:
+    rows = []
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 is not a line end
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            hint = " (the file looks like a JSON array: name it .json)" if line.lstrip().startswith("[") else ""
+            raise _fail(f"invalid JSON: {exc.msg} at column {exc.colno}; each line must hold one "
+                        f"JSON object{hint}", shown, ("line", number)) from exc
+        except (ValueError, RecursionError) as exc:
+            raise _fail(f"invalid JSON: {exc}", shown, ("line", number)) from exc
+        rows.append((("line", number), value))
+    return rows
+
+
+def _read_json(text: str, shown: str) -> list:
+    if not text.strip():
+        return []
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # more than one document: JSON Lines
+            return _read_jsonl(text, shown)
+        raise _fail(f"invalid JSON: {exc.msg} at column {exc.colno}", shown, ("line", exc.lineno)) from exc
+    except (ValueError, RecursionError) as exc:
+        raise _fail(f"invalid JSON: {exc}", shown) from exc
+    if isinstance(value, dict):
+        lists = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        if len(value) == 1 and isinstance(next(iter(value.values())), list):
+            value = next(iter(value.values()))
+        elif len(lists) == 1:
+            value = value[lists[0]]
+        elif len(lists) > 1:
+            raise _fail(f"the JSON object holds several lists of records ({', '.join(map(repr, lists))}); "
+                        "keep one, or write a plain JSON array of records", shown)
+        else:
+            value = [value]  # a single record
+    if not isinstance(value, list):
+        raise _fail(f"expected a JSON array of records (or an object like {{\"data\": [...]}}), "
+                    f"got {_json_type(value)}", shown)
+    return [(("record", i), record) for i, record in enumerate(value)]
+
+
+def _csv_lines(text: str) -> list[tuple[int, int]] | None:
+    """(first line, number of fields) of each non-blank CSV row, header included;
+    None when the stdlib reader cannot follow the file."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    out, previous = [], 0
+    try:
+        for row in reader:
+            start, previous = previous + 1, reader.line_num
+            if row:
+                out.append((start, len(row)))
+    except csv.Error:
+        return None
+    return out
+
+
+def _read_csv(text: str, shown: str) -> list:
+    if not text.strip():
+        return []
+    lines = _csv_lines(text)
+    for line, fields in (lines or [])[1:]:
+        if fields > lines[0][1]:
+            raise _fail(f"{fields} fields but the header has {lines[0][1]}; quote values that "
+                        'contain commas ("like, this")', shown, ("line", line))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.EmptyDataError:
+        return []
+    except Exception as exc:  # pandas raises several types on malformed CSV
+        raise _fail(f"cannot parse as CSV: {exc}", shown) from exc
+    # an empty cell is a missing value (as a missing key in JSON); known fields check for it
+    records = [{k: (None if v == "" and k not in KNOWN_FIELDS else v) for k, v in record.items()}
+               for record in frame.to_dict("records")]
+    if lines is not None and len(lines) == len(records) + 1:
+        wheres = [("line", line) for line, _ in lines[1:]]
+    else:  # assume one line per row after the header
+        wheres = [("line", i + 2) for i in range(len(records))]
+    return list(zip(wheres, records))
+
+
+def _read_parquet(file: Path, shown: str) -> list:
+    data = _read_bytes(file, shown)
+    try:
+        records = pd.read_parquet(io.BytesIO(data)).to_dict("records")
+    except ImportError as exc:
+        raise DataError(f"reading Parquet needs pyarrow: pip install pyarrow ({exc})", path=shown) from exc
+    except Exception as exc:  # pyarrow raises many types on corrupt files
+        raise DataError(f"cannot read as Parquet: {exc}; check that the file is a complete "
+                        "Parquet file", path=shown) from exc
+    return [(("record", i), record) for i, record in enumerate(records)]
+
+
+# -- validation and normalisation -------------------------------------------------------------
+
+def _build(rows: list, path: str, role: str | None, *, name: str, source: str) -> Dataset:
+    """Validate ``rows`` ((where, record) pairs), warn about oddities, return the Dataset.
+    ``role`` names the set in messages ("the forget set is empty")."""
+    if not rows:
+        what = f"the {role} set is empty" if role else "the file has no records"
+        raise DataError(f"{what}; add at least one record such as "
+                        '{"question": "...", "answer": "..."} or {"text": "..."}', path=path)
+    records = []
+    for where, record in rows:
+        if not isinstance(record, Mapping):
+            raise _fail(f"expected a record (a JSON object / dict), got {_json_type(record)}", path, where)
+        records.append({str(k): v for k, v in record.items()})
+    columns = list(dict.fromkeys(k for record in records for k in record))
+    kind = _detect_kind(columns, path)
+    make_row = _qa_row if kind == "qa" else _text_row
+    out = [make_row(record, set(columns), path, where) for (where, _), record in zip(rows, records)]
+    known = [c for c in (QA_FIELDS if kind == "qa" else TEXT_FIELDS) if c in out[0]]
+    frame = pd.DataFrame(out, columns=known + [c for c in columns if c not in known])
+    dataset = Dataset(frame, kind, name=name, source=source)
+    for note in _notes(dataset, [where for where, _ in rows], path):
+        warnings.warn(note, DataWarning, stacklevel=3)  # at the caller of load_dataset
+    return dataset
+
+
+def _detect_kind(columns: list[str], path: str) -> str:
+    present = set(columns)
+    if {"question", "answer"} <= present:
+        return "qa"
+    if "text" in present or {"prompt", "completion"} <= present:
+        return "text"
+    hints = [f"{c!r} -> {m!r}" for c, m in _misspellings(columns)]
+    shown = ", ".join(map(repr, columns[:20])) + (", ..." if len(columns) > 20 else "")
+    raise DataError(
+        f"cannot tell the row shape from the columns found ({shown or 'none'}): a QA file needs "
+        f"'question' and 'answer' (optional: {', '.join(QA_OPTIONAL)}); a text file needs 'text', "
+        "or 'prompt' and 'completion'"
+        + (f". Rename the columns: {', '.join(hints)}" if hints else ""), path=path)
+
+
+def _misspellings(columns: list[str]) -> list[tuple[str, str]]:
+    """(column, known name it resembles) for unknown columns close to a known one."""
+    out = []
+    for column in columns:
+        if column in KNOWN_FIELDS:
+            continue
+        near = difflib.get_close_matches(column.strip().lower(), KNOWN_FIELDS, n=1, cutoff=0.8)
+        if near and near[0] not in columns:
+            out.append((column, near[0]))
+    return out
+
+
+def _is_null(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
+
+
+def _present(value: Any) -> bool:
+    return not _is_null(value) and not (isinstance(value, str) and not value.strip())
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _required_str(record: dict, field: str, path: str, where: Where) -> str:
+    if field not in record:
+        raise _fail(f"no {field!r} field; add it to this record", path, where)
+    value = record[field]
+    if _is_null(value):
+        raise _fail(f"{field!r} is missing (null); fill it in or remove the record", path, where)
+    if not isinstance(value, str):
+        raise _fail(f"{field!r} must be a string, got {_json_type(value)} {_show(value)}", path, where)
+    if not value.strip():
+        raise _fail(f"{field!r} is empty; fill it in or remove the record", path, where)
+    return str(value)
+
+
+def _optional_str(record: dict, field: str, path: str, where: Where) -> str | None:
+    value = record.get(field)
+    if not _present(value):
+        return None
+    if not isinstance(value, str):
+        raise _fail(f"{field!r} must be a string, got {_json_type(value)} {_show(value)}", path, where)
+    return str(value)
+
+
+def _string_list(record: dict, field: str, path: str, where: Where) -> list[str] | None:
+    value = record.get(field)
+    if isinstance(value, (np.ndarray, tuple)):
+        value = list(value)
+    if not isinstance(value, list) and not _present(value):
+        return None
+    if isinstance(value, str):
+        stripped = value.strip()
+        if not (stripped.startswith("[") and stripped.endswith("]")):
+            return [value]
+        try:
+            value = json.loads(stripped)
+        except (ValueError, RecursionError) as exc:
+            raise _fail(f"{field!r} looks like a JSON list but does not parse ({exc}); write it as "
+                        'a JSON list of strings, e.g. ["first", "second"]', path, where) from exc
+    if not isinstance(value, list):
+        raise _fail(f"{field!r} must be a list of strings, got {_json_type(value)} {_show(value)}",
+                    path, where)
+    if not value:
+        raise _fail(f"{field!r} is an empty list; give at least one string or leave it out", path, where)
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise _fail(f"{field!r} item {i} must be a non-empty string, got {_show(item)}", path, where)
+    return [str(item) for item in value]
+
+
+def _qa_row(record: dict, columns: set, path: str, where: Where) -> dict:
+    row = {"question": _required_str(record, "question", path, where),
+           "answer": _required_str(record, "answer", path, where)}
+    for field in ("paraphrased_question", "paraphrased_answer"):
+        if field in columns:
+            row[field] = _optional_str(record, field, path, where)
+    if "perturbed_answer" in columns:
+        row["perturbed_answer"] = _string_list(record, "perturbed_answer", path, where)
+    row.update((k, v) for k, v in record.items() if k not in QA_FIELDS)
+    return row
+
+
+def _text_row(record: dict, columns: set, path: str, where: Where) -> dict:
+    text = record.get("text")
+    has_prompt, has_completion = _present(record.get("prompt")), _present(record.get("completion"))
+    if has_prompt and has_completion:
+        prompt = _required_str(record, "prompt", path, where)
+        completion = _required_str(record, "completion", path, where)
+        if not _is_null(text) and not isinstance(text, str):
+            raise _fail(f"'text' must be a string, got {_json_type(text)} {_show(text)}", path, where)
+    elif has_prompt or has_completion:
+        given, other = ("prompt", "completion") if has_prompt else ("completion", "prompt")
+        raise _fail(f"has a {given!r} but no {other!r}; give both, or neither to split 'text' by "
+                    "the default rule", path, where)
+    else:
+        if "text" not in record or _is_null(text):
+            raise _fail("no 'text' (and no 'prompt'/'completion' pair); add the text", path, where)
+        text = _required_str(record, "text", path, where)
+        try:
+            prompt, completion = split_text(text)
+        except ValueError as exc:
+            raise _fail(f"{exc}; give a longer 'text' or an explicit 'prompt'/'completion' pair",
+                        path, where) from exc
+    row = {"text": None if _is_null(text) else text} if "text" in columns else {}
+    row.update(prompt=prompt, completion=completion)
+    row.update((k, v) for k, v in record.items() if k not in TEXT_FIELDS)
+    return row
+
+
+def _notes(dataset: Dataset, wheres: list, path: str) -> list[str]:
+    """Warnings about data that loads but is probably not what was meant."""
+    notes = []
+    first: dict[str, Any] = {}
+    duplicates = []
+    for where, text in zip(wheres, dataset._canonical):
+        if text in first:
+            duplicates.append((where, first[text]))
+        first.setdefault(text, where)
+    if duplicates:
+        where, original = duplicates[0]
+        notes.append(f"{path}: {len(duplicates)} duplicate record(s), the first at {_label(where)} "
+                     f"(same as {_label(original)}); each copy gets its own id and counts in every "
+                     "metric: remove them if they are not meant")
+    short = [(where, a) for where, a in zip(wheres, dataset.answers) if len(a.strip()) < 2]
+    if short:
+        where, answer = short[0]
+        notes.append(f"{path}: {len(short)} answer(s) shorter than 2 characters, the first at "
+                     f"{_label(where)} ({answer!r}); metrics on such answers are noisy")
+    for column, near in _misspellings(list(dataset.frame.columns)):
+        notes.append(f"{path}: column {column!r} is not used; did you mean {near!r}?")
+    return notes
+
+
+# -- canonical form ---------------------------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly Python value: numpy unboxed, NaN/NA to None, containers recursed."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if _is_null(value) else value
+
+
+def _canonical_json(record: dict) -> str:
+    kept = {k: v for k, v in record.items() if v is not None}
+    return json.dumps(kept, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)

