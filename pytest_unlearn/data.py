@@ -49,6 +49,7 @@ TEXT_FIELDS = ("text", "prompt", "completion")
 KNOWN_FIELDS = QA_FIELDS + TEXT_FIELDS
 SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_PROMPT_WORDS = 32
+MAX_NESTING = 100  # containers inside a record
 
 Where = Optional[Tuple[str, int]]  # ("line", 7) or ("record", 3): where a record came from
 
@@ -334,6 +335,8 @@ def _build(rows: list, path: str, role: str | None, *, name: str, source: str) -
     for where, record in rows:
         if not isinstance(record, Mapping):
             raise _fail(f"expected a record (a JSON object / dict), got {_json_type(record)}", path, where)
+        if _nested_deeper_than(record, MAX_NESTING):
+            raise _fail(f"a value is nested more than {MAX_NESTING} levels deep; flatten it", path, where)
         records.append({str(k): v for k, v in record.items()})
     columns = list(dict.fromkeys(k for record in records for k in record))
     kind = _detect_kind(columns, path)
@@ -372,6 +375,20 @@ def _misspellings(columns: list[str]) -> list[tuple[str, str]]:
         if near and near[0] not in columns:
             out.append((column, near[0]))
     return out
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` (checked without recursion, so
+    that hashing, which recurses, cannot overflow the stack)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (Mapping, list, tuple, np.ndarray)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, Mapping) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _is_null(value: Any) -> bool:
@@ -470,7 +487,7 @@ def _text_row(record: dict, columns: set, path: str, where: Where) -> dict:
         except ValueError as exc:
             raise _fail(f"{exc}; give a longer 'text' or an explicit 'prompt'/'completion' pair",
                         path, where) from exc
-    row = {"text": None if _is_null(text) else text} if "text" in columns else {}
+    row = {"text": text if _present(text) else None} if "text" in columns else {}
     row.update(prompt=prompt, completion=completion)
     row.update((k, v) for k, v in record.items() if k not in TEXT_FIELDS)
     return row

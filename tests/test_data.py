@@ -534,3 +534,19 @@ def test_errors_chain_the_cause(tmp_path):
     with pytest.raises(DataError) as info:
         load_dataset(write(tmp_path / "d.jsonl", "{oops\n"))
     assert isinstance(info.value.__cause__, json.JSONDecodeError)
+
+
+def test_csv_empty_extra_cell_is_missing_like_an_absent_json_key(tmp_path):
+    records = [{"question": "q1", "answer": "a1", "source": "book"}, {"question": "q2", "answer": "a2"}]
+    from_csv = load_dataset(write(tmp_path / "d.csv", csv_text(records)))
+    from_jsonl = load_dataset(write(tmp_path / "d.jsonl", jsonl(records)))
+    assert from_csv.records()[1]["source"] is None
+    assert from_csv.content_hash == from_jsonl.content_hash
+
+
+def test_deeply_nested_value_is_an_error(tmp_path):
+    deep = "[" * 150 + "]" * 150
+    path = write(tmp_path / "d.jsonl", '{"question": "q", "answer": "ok", "x": %s}\n' % deep)
+    assert load_error(path).startswith(f"{path}:1: a value is nested more than 100 levels deep")
+    path = write(tmp_path / "d.jsonl", '{"question": "q", "answer": "ok", "x": %s}\n' % ("[" * 5000))
+    assert load_error(path).startswith(f"{path}:1: invalid JSON")
