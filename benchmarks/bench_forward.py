@@ -20,6 +20,7 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -32,13 +33,15 @@ from pytest_unlearn.prompts import PromptParts, encode, parse_prompt_format
 from pytest_unlearn.toy import toy_facts
 
 
-def best_of(fn, repeat):
-    times = []
+def interleaved_best(fns, repeat):
+    """Best time of each function, running them in turn each round (load drift hits all alike)."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[j] = min(best[j], time.perf_counter() - t0)
+    return best
 
 
 def es_by_generation(model, pad, ids, answer_start):
@@ -55,11 +58,12 @@ def es_by_generation(model, pad, ids, answer_start):
 
 
 def main():
+    sys.stdout.reconfigure(line_buffering=True)
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--es-samples", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
 
@@ -92,9 +96,8 @@ def main():
             [m.fn(stats.sample(i), facts[i]["answer"]) for i in range(len(enc))]
 
     bare(True)  # warm-up
-    t_full = best_of(lambda: bare(True), args.repeat)
-    t_keep = best_of(lambda: bare(False), args.repeat)
-    t_metrics = best_of(all_metrics, args.repeat)
+    t_full, t_keep, t_metrics = interleaved_best([lambda: bare(True), lambda: bare(False), all_metrics],
+                                                 args.repeat)
     print(f"\n(a) all {len(forward_metrics)} forward-pass metrics ({', '.join(forward_metrics)})")
     print(f"    bare forward, full logits        {t_full:8.3f} s")
     print(f"    bare forward, answer logits only {t_keep:8.3f} s")
