@@ -28,6 +28,13 @@ _EXPORTS = {
     "load_dataset": "data",
     "Dataset": "data",
     "PromptFormat": "prompts",
+    "Settings": "config",
+    "Suite": "suite",
+    "assert_forgotten": "assertions",
+    "assert_retained": "assertions",
+    "ForgettingResult": "assertions",
+    "RetentionResult": "assertions",
+    "UnlearnWarning": "assertions",
 }
 
 

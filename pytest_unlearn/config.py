@@ -1,0 +1,214 @@
+"""Settings: every ``unlearn_*`` ini key and ``--unlearn-*`` flag, in one dataclass.
+
+Each setting exists as an ini key (``pytest.ini``, ``[tool.pytest.ini_options]`` in
+``pyproject.toml``, ...) and as a command-line flag; the flag wins.  Paths given in an
+ini file resolve relative to that ini file's folder, paths given as flags relative to
+the folder pytest was started in.  Nothing here imports torch, numpy or pandas: the
+plugin reads the settings in every pytest run, used or not.
+
+A notebook builds :class:`Settings` directly (or uses ``Suite.from_paths``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "OPTIONS", "add_options", "settings_from_config", "ini_key", "flag",
+           "missing", "worker_device"]
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # Settings field
+    kind: str  # "path" | "str" | "int" | "bool"
+    help: str
+    metavar: str = ""
+    ini: bool = True  # False: a flag only (the contract has no ini key for it)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("original", "path", "the model before unlearning: a Hugging Face model folder "
+           "(safetensors) or a .gguf file", "PATH"),
+    Option("model", "path", "the unlearned model: a model folder, a PEFT adapter folder "
+           "(applied on the original) or a .gguf file", "PATH"),
+    Option("forget", "path", "forget data file (.jsonl, .json, .csv, .parquet)", "PATH"),
+    Option("retain", "path", "retain data file", "PATH"),
+    Option("holdout", "path", "optional non-member data, for membership-inference AUCs", "PATH"),
+    Option("reference", "path", "optional model that never saw the forget set (a control for attacks)",
+           "PATH"),
+    Option("prompt", "str", "prompt format: chat (the tokenizer's chat template; default when it has "
+           "one), plain, or a format string such as 'Question: {question}\\nAnswer:'", "FORMAT"),
+    Option("device", "str", "auto (default), cpu, cuda or cuda:N", "DEVICE"),
+    Option("dtype", "str", "auto (default), float32, bfloat16 or float16", "DTYPE"),
+    Option("batch_size", "int", "batch size of forward passes (default chosen by the library)", "N"),
+    Option("seed", "int", "seed of every stochastic step (attacks, bootstrap); default 0", "N"),
+    Option("report", "path", "write a JSON report of every assertion, attack and sample to PATH", "PATH"),
+    Option("no_cache", "bool", "ignore and do not write cached results", ini=False),
+    Option("allow_pickle", "bool", "allow loading pickle-based weights (.bin, .pt): they can run code"),
+    Option("trust_remote_code", "bool", "allow running model code shipped with a checkpoint"),
+    Option("progress", "bool", "show progress bars for forward passes, attacks and calibration"),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+# what each setting is, for "no ... configured" messages
+_WHAT = {
+    "original": "original model (the model before unlearning)",
+    "model": "unlearned model",
+    "forget": "forget set",
+    "retain": "retain set",
+    "holdout": "holdout set (non-member data)",
+    "reference": "reference model (a model that never saw the forget set)",
+}
+
+
+def ini_key(name: str) -> str:
+    return f"unlearn_{name}"
+
+
+def flag(name: str) -> str:
+    return "--unlearn-" + name.replace("_", "-")
+
+
+def missing(name: str) -> ConfigError:
+    """The error for a setting a fixture or assertion needs but nobody set."""
+    what = _WHAT.get(name, name.replace("_", " "))
+    opt = _BY_NAME[name]
+    metavar = f" {opt.metavar}" if opt.metavar else ""
+    where = f"set `{ini_key(name)}` in pytest.ini / pyproject.toml or pass {flag(name)}{metavar}"
+    if not opt.ini:
+        where = f"pass {flag(name)}{metavar}"
+    return ConfigError(f"no {what} configured: {where}")
+
+
+@dataclass
+class Settings:
+    """Every setting of a pytest-unlearn run.  Paths are absolute (or None)."""
+
+    original: str | None = None
+    model: str | None = None
+    forget: str | None = None
+    retain: str | None = None
+    holdout: str | None = None
+    reference: str | None = None
+    prompt: str | None = None  # None: chat when the tokenizer has a template, else plain
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | None = None
+    seed: int = 0
+    report: str | None = None
+    no_cache: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for opt in OPTIONS:
+            value = getattr(self, opt.name)
+            if opt.kind == "path" and value is not None:
+                setattr(self, opt.name, os.path.abspath(os.path.expanduser(os.fspath(value))))
+        if self.batch_size is not None:
+            self.batch_size = _to_int("batch_size", self.batch_size, minimum=1)
+        self.seed = _to_int("seed", self.seed)
+
+    def require(self, name: str) -> str:
+        """The value of a path setting, or the ConfigError that names its key and flag."""
+        value = getattr(self, name)
+        if value in (None, ""):
+            raise missing(name)
+        return value
+
+    def opt_ins(self) -> list[str]:
+        return [n for n in ("allow_pickle", "trust_remote_code") if getattr(self, n)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _to_int(name: str, value: Any, minimum: int | None = None) -> int:
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ConfigError(f"{ini_key(name)} / {flag(name)} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{ini_key(name)} / {flag(name)} must be at least {minimum}, got {number}")
+    return number
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{ini_key(name)} must be true or false, got {value!r}")
+
+
+def add_options(parser) -> None:
+    """Register every setting as an ini key and a ``--unlearn-*`` flag."""
+    group = parser.getgroup("unlearn", "LLM unlearning guarantees (pytest-unlearn)")
+    for opt in OPTIONS:
+        dest = f"unlearn_{opt.name}"
+        if opt.kind == "bool":
+            group.addoption(flag(opt.name), action="store_true", default=None, dest=dest, help=opt.help)
+        else:
+            group.addoption(flag(opt.name), action="store", default=None, dest=dest,
+                            metavar=opt.metavar or None, help=opt.help)
+        if opt.ini:
+            parser.addini(ini_key(opt.name), opt.help, type="bool" if opt.kind == "bool" else "string",
+                          default=False if opt.kind == "bool" else None)
+
+
+def settings_from_config(config) -> Settings:
+    """Read :class:`Settings` from a pytest config (flag wins over ini key)."""
+    invocation_dir = Path(config.invocation_params.dir)
+    ini_dir = Path(config.inipath).parent if getattr(config, "inipath", None) else invocation_dir
+    values: dict[str, Any] = {}
+    for opt in OPTIONS:
+        value = config.getoption(f"unlearn_{opt.name}", None)
+        base = invocation_dir
+        if value is None and opt.ini:
+            value = config.getini(ini_key(opt.name))
+            base = ini_dir
+            if isinstance(value, str):
+                value = value.strip() or None
+            elif isinstance(value, list):  # an empty "string" ini value can read as []
+                value = None
+        if value is None:
+            continue
+        if opt.kind == "path":
+            value = str((base / os.path.expanduser(str(value))).resolve())
+        elif opt.kind == "bool":
+            value = _to_bool(opt.name, value)
+        elif opt.kind == "int":
+            value = _to_int(opt.name, value)
+        elif opt.kind == "str":
+            value = str(value).strip()
+        values[opt.name] = value
+    return Settings(**values)
+
+
+def worker_device(device: str, worker: str | None = None) -> str:
+    """Pin xdist workers to GPUs: with ``device`` ``auto`` under pytest-xdist and several
+    CUDA devices, worker ``gwK`` uses ``cuda:(K mod count)``; otherwise ``device`` as is."""
+    worker = worker if worker is not None else os.environ.get("PYTEST_XDIST_WORKER")
+    if str(device or "auto").strip().lower() != "auto" or not worker:
+        return device
+    digits = "".join(ch for ch in worker if ch.isdigit())
+    if not digits:
+        return device
+    import torch
+
+    if not torch.cuda.is_available():
+        return device
+    count = torch.cuda.device_count()
+    if count < 2:
+        return device
+    return f"cuda:{int(digits) % count}"

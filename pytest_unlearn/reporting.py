@@ -1,0 +1,279 @@
+"""Records of assertions and calibrations, the terminal summary and the JSON report.
+
+Every ``assert_forgotten`` / ``assert_retained`` builds a *record*: a plain,
+JSON-able dict (see ``docs/report-schema.md``).  The active :class:`Recorder` (the
+plugin pushes one per pytest session) collects them; the plugin puts each record's
+figures on the test's ``user_properties`` (so they reach JUnit XML), sends the records
+of an xdist worker to the controller through ``workeroutput``, and the controller
+alone prints the summary and writes the JSON report.
+
+Pure Python: no torch, numpy or pandas here (the plugin imports this module in every run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Iterable
+
+__all__ = ["Recorder", "active_recorder", "record_assertion", "calibration_record",
+           "sort_records",
+           "user_properties", "summary_lines", "build_report", "write_json", "SCHEMA"]
+
+SCHEMA = "pytest-unlearn-report/1"
+
+_STACK: list["Recorder"] = []
+
+
+class Recorder:
+    """Collects the records of one session (or one xdist worker)."""
+
+    def __init__(self) -> None:
+        self.assertions: list[dict] = []
+        self.calibrations: list[dict] = []
+        self.models: dict[str, dict] = {}
+        self.cost: dict[str, float] = {}
+        self.current_test: str | None = None
+        self._pending: list[dict] = []
+        self._counts: dict[str | None, int] = {}
+
+    def __bool__(self) -> bool:
+        return True
+
+    @property
+    def empty(self) -> bool:
+        return not self.assertions and not self.calibrations
+
+    def add_assertion(self, record: dict) -> None:
+        record["test"] = self.current_test
+        record["index"] = self._counts.get(self.current_test, 0)
+        self._counts[self.current_test] = record["index"] + 1
+        self.assertions.append(record)
+        self._pending.append(record)
+
+    def take_pending(self) -> list[dict]:
+        """Records made since the last call (the plugin moves them onto the running test)."""
+        out, self._pending = self._pending, []
+        return out
+
+    def add_calibration(self, record: dict) -> None:
+        key = _calibration_key(record)
+        if all(_calibration_key(c) != key for c in self.calibrations):
+            self.calibrations.append(record)
+
+    def add_models(self, models: dict[str, dict]) -> None:
+        self.models.update(models)
+
+    def add_cost(self, cost: dict) -> None:
+        for k, v in (cost or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.cost[k] = self.cost.get(k, 0) + v
+
+    # xdist: worker -> controller
+    def to_workeroutput(self) -> dict:
+        return {"assertions": self.assertions, "calibrations": self.calibrations,
+                "models": self.models, "cost": self.cost}
+
+    def merge(self, data: dict | None) -> None:
+        if not data:
+            return
+        self.assertions.extend(data.get("assertions", []))
+        for c in data.get("calibrations", []):
+            self.add_calibration(c)
+        self.add_models(data.get("models", {}))
+        self.add_cost(data.get("cost", {}))
+
+
+def _calibration_key(record: dict) -> tuple:
+    return (record.get("tau"), record.get("metric"), (record.get("model") or {}).get("fingerprint"))
+
+
+def push_recorder(recorder: Recorder) -> None:
+    _STACK.append(recorder)
+
+
+def pop_recorder(recorder: Recorder) -> None:
+    for i in range(len(_STACK) - 1, -1, -1):
+        if _STACK[i] is recorder:
+            del _STACK[i]
+            return
+
+
+def active_recorder() -> Recorder | None:
+    return _STACK[-1] if _STACK else None
+
+
+def record_assertion(record: dict) -> None:
+    rec = active_recorder()
+    if rec is not None:
+        rec.add_assertion(record)
+
+
+def calibration_record(result, handle) -> dict:
+    """A JSON-able record of a CalibrationResult (``to_dict()`` plus the model it calibrated)."""
+    data = dict(result.to_dict()) if hasattr(result, "to_dict") else {}
+    for key in ("tau", "metric", "alpha", "retain_score", "forget_score", "original_retain_score",
+                "target", "evaluations", "monotone", "notes"):
+        if key not in data:
+            data[key] = getattr(result, key, None)
+    curve = data.get("curve", getattr(result, "curve", None))
+    if hasattr(curve, "to_dict"):  # a DataFrame
+        curve = curve.to_dict("records")
+    data["curve"] = curve
+    calibrated = getattr(result, "model", None)
+    data["model"] = {"name": handle.name, "source": handle.source, "fingerprint": handle.fingerprint}
+    data["calibrated_fingerprint"] = getattr(calibrated, "fingerprint", None)
+    return jsonable(data)
+
+
+# ---------------------------------------------------------------- ordering and JSON values
+
+def sort_records(records: Iterable[dict]) -> list[dict]:
+    """Deterministic order (test, kind, metric, data, index in the test), the same serial or under xdist."""
+    return sorted(records, key=lambda r: (str(r.get("test") or ""), int(r.get("index") or 0),
+                                          str(r.get("kind")), str(r.get("metric"))))
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values; non-finite floats become the strings "inf", "-inf", "nan"."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return jsonable(value.item())
+    return str(value)
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:.4g}"
+    return f"{value:.4f}"
+
+
+def bound_text(record: dict) -> str:
+    """``<= 0.0500`` (the most knowledge allowed) or ``>= 0.9000`` (the least required)."""
+    higher = record.get("higher_is_more_knowledge", True)
+    threshold = record.get("threshold")
+    if record.get("kind") == "retained":
+        return (">= " if higher else "<= ") + fmt(threshold)
+    return ("<= " if higher else ">= ") + fmt(threshold)
+
+
+def table(rows: list[list[str]], header: list[str], right: Iterable[int] = ()) -> list[str]:
+    """An aligned plain-text table."""
+    right = set(right)
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+
+    def line(r):
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        return "  ".join(cells).rstrip()
+
+    return [line(header)] + [line(r) for r in rows]
+
+
+def user_properties(record: dict) -> list[tuple[str, str]]:
+    """``(name, value)`` pairs for ``item.user_properties`` (JUnit XML ``<property>``)."""
+    base = f"unlearn.{record['kind']}.{record['metric']}"
+    props = [(f"{base}.verdict", str(record["verdict"])),
+             (f"{base}.threshold", fmt(record.get("threshold"))),
+             (f"{base}.score", fmt(record.get("score")))]
+    if record.get("bound") is not None:
+        props.append((f"{base}.bound", fmt(record["bound"])))
+    for row in record.get("attacks", []):
+        figures = {k: row.get(k) for k in ("score", "original", "reference", "verdict") if row.get(k) is not None}
+        props.append((f"{base}.attack.{row['attack']}", json.dumps(jsonable(figures), sort_keys=True)))
+    return props
+
+
+def summary_lines(assertions: list[dict], calibrations: list[dict]) -> list[str]:
+    """The terminal summary: one row per assertion and attack, then calibration lines."""
+    rows: list[list[str]] = []
+    for rec in sort_records(assertions):
+        test = rec.get("test") or "<no test>"
+        reduce = rec.get("reduce", "mean")
+        check = f"{rec['kind']} {rec['metric']}" + (f" [{reduce}]" if reduce != "mean" else "")
+        verdict, bound = rec["verdict"].upper(), rec.get("bound")
+        attack_rows = rec.get("attacks") or [{"attack": "-"}]
+        extra = []  # rows that carry the verdict when one attack row cannot
+        if len(attack_rows) > 1:
+            extra.append(["worst case", fmt(rec.get("score")), "", bound_text(rec),
+                          "" if bound is not None else verdict])
+        if bound is not None:
+            extra.append([f"{rec['confidence']:.0%} bound", fmt(bound), "", bound_text(rec), verdict])
+        for i, row in enumerate(attack_rows):
+            shown = row.get("verdict", "") if extra else verdict
+            rows.append([test if i == 0 else "", check if i == 0 else "", row["attack"], fmt(row.get("score")),
+                         fmt(row.get("original")), bound_text(rec), shown])
+        rows += [["", ""] + r for r in extra]
+    lines = table(rows, ["test", "check", "attack", "score", "original", "threshold", "verdict"],
+                  right=(3, 4)) if rows else []
+    for cal in calibrations:
+        lines.append(
+            f"calibration ({cal.get('metric')}, tau={fmt(cal.get('tau'))}): alpha={fmt(cal.get('alpha'))}, "
+            f"retain {fmt(cal.get('retain_score'))} (original {fmt(cal.get('original_retain_score'))}, "
+            f"target {fmt(cal.get('target'))}), forget {fmt(cal.get('forget_score'))}, "
+            f"{cal.get('evaluations', '?')} evaluation{'' if cal.get('evaluations') == 1 else 's'}")
+    return lines
+
+
+# ---------------------------------------------------------------- the JSON report
+
+def build_report(recorder: Recorder, settings: dict, *, version: str, workers: list[str] | None = None) -> dict:
+    assertions = sort_records(recorder.assertions)
+    counts = {v: sum(1 for r in assertions if r.get("verdict") == v) for v in ("pass", "fail", "error")}
+    opt_ins = sorted({o for m in recorder.models.values() for o in m.get("opt_ins", [])}
+                     | {n for n in ("allow_pickle", "trust_remote_code") if settings.get(n)})
+    report = {
+        "schema": SCHEMA,
+        "library": {"name": "pytest-unlearn", "version": version},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seed": settings.get("seed"),
+        "settings": settings,
+        "opt_ins": opt_ins,
+        "models": dict(sorted(recorder.models.items())),
+        "workers": workers,
+        "cost": recorder.cost,
+        "summary": {"assertions": len(assertions), **counts},
+        "assertions": assertions,
+        "calibrations": sorted(recorder.calibrations, key=lambda c: json.dumps(_calibration_key(c), default=str)),
+    }
+    return jsonable(report)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a temporary file moved into place)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".unlearn-report-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

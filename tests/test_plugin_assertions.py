@@ -1,0 +1,231 @@
+"""``assert_forgotten`` / ``assert_retained``: verdicts, directions, reductions, confidence,
+attacks and their controls, and what a failure message shows.
+
+The toy world's ``reference`` model never saw the forget set (it should pass), its
+``original`` knows everything (as the "unlearned" model it must fail).  Most tests call
+the assertions directly on a :class:`Suite`; one runs them through pytest.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pytest_unlearn import (AttackError, ConfigError, Suite, UnknownNameError, UnlearningAssertionError,
+                            UnlearnWarning, assert_forgotten, assert_retained)
+from pytest_unlearn import reporting
+from pytest_unlearn.data import load_dataset
+
+
+@pytest.fixture(autouse=True)
+def recorder():
+    """A private recorder: the records of these direct calls stay out of this session's summary."""
+    rec = reporting.Recorder()
+    reporting.push_recorder(rec)
+    yield rec
+    reporting.pop_recorder(rec)
+
+
+@pytest.fixture(scope="module")
+def good(toy_world):
+    """Unlearned = the reference model (never saw the forget set)."""
+    suite = Suite.from_paths(original=toy_world["original"], model=toy_world["reference"],
+                             forget=toy_world["forget"], retain=toy_world["retain"], cache_dir=None)
+    yield suite
+    suite.close()
+
+
+@pytest.fixture(scope="module")
+def bad(toy_world):
+    """Unlearned = the original itself (forgot nothing); with the reference as a control."""
+    suite = Suite.from_paths(original=toy_world["original"], model=toy_world["original"],
+                             reference=toy_world["reference"], forget=toy_world["forget"],
+                             retain=toy_world["retain"], cache_dir=None)
+    yield suite
+    suite.close()
+
+
+def attacks_available(*specs):
+    try:
+        from pytest_unlearn.attacks import parse_attack
+
+        for spec in specs:
+            parse_attack(spec)
+    except Exception as exc:  # the attacks package is written in parallel
+        pytest.skip(f"attacks not available yet: {exc}")
+
+
+# ---------------------------------------------------------------- verdicts
+
+def test_a_model_that_never_saw_the_forget_set_passes(good, recorder):
+    result = assert_forgotten("es", threshold=0.3, suite=good)
+    assert result.verdict == "pass" and result.passed
+    assert result.score == pytest.approx(result.scores["none"].mean()) and result.score < 0.3
+    assert list(result.scores.columns) == ["none", "original:none", "worst", "worst_attack"]
+    assert list(result.scores.index) == good.forget.ids
+    assert result.scores["original:none"].mean() > 0.9
+    assert result.reduced == {"none": result.score}
+    retained = assert_retained("es", min_ratio=0.9, suite=good)
+    assert retained.verdict == "pass" and retained.ratio > 0.9
+    assert list(retained.scores.columns) == ["model", "original"]
+    assert [(r["kind"], r["verdict"]) for r in recorder.assertions] == [("forgotten", "pass"), ("retained", "pass")]
+    assert recorder.assertions[0] == json.loads(json.dumps(recorder.assertions[0]))  # plain JSON
+
+
+def test_a_model_that_forgot_nothing_fails_with_an_explanation(bad, toy_world):
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", threshold=0.3, suite=bad)
+    message = str(info.value)
+    assert "es (extraction strength" in message and "higher = more knowledge" in message
+    assert "must be at most 0.3000" in message and "reduce=mean" in message
+    # the table: the model, the original and the reference, with a verdict
+    assert "attack   model  original  reference  verdict" in message
+    assert "none    1.0000    1.0000     0.1629  leak" in message
+    # the worst samples: prompt, reference answer and what the model generated
+    first = json.loads(toy_world["forget"].read_text().splitlines()[0])
+    assert "worst leaking samples (5 shown; 8 of 8 beyond 0.3000)" in message
+    assert first["question"] in message and first["answer"] in message
+    assert message.count("generated:") == 5 and message.count("prompt:") == 5
+    result = info.value.result
+    assert result.verdict == "fail" and result.record["worst_samples"][0]["generated"]
+    assert isinstance(info.value, AssertionError)
+
+
+def test_the_threshold_is_read_in_the_metric_s_direction(good, bad):
+    """Perplexity: lower means more knowledge, so "forgotten" means at least the threshold."""
+    assert assert_forgotten("ppl", 20.0, suite=good).score > 20
+    with pytest.raises(UnlearningAssertionError, match=r"(?s)lower = more knowledge.*must be at least 20\.0000"):
+        assert_forgotten("ppl", 20.0, suite=bad)
+
+
+def test_reduce_max_and_quantiles(good):
+    per_sample = assert_forgotten("es", 1.0, suite=good).scores["none"]
+    assert assert_forgotten("es", 1.0, reduce="max", suite=good).score == pytest.approx(per_sample.max())
+    assert assert_forgotten("es", 1.0, reduce="q90", suite=good).score == pytest.approx(per_sample.quantile(0.9))
+    between = (per_sample.mean() + per_sample.max()) / 2
+    assert_forgotten("es", between, suite=good)
+    with pytest.raises(UnlearningAssertionError, match="reduce=max"):
+        assert_forgotten("es", between, reduce="max", suite=good)
+
+
+def test_confidence_requires_the_bootstrap_bound_under_the_threshold(good):
+    mean = assert_forgotten("es", 1.0, suite=good).score
+    loose = assert_forgotten("es", 0.9, confidence=0.95, suite=good)
+    assert mean < loose.bound < 0.9  # the upper bound (ES: higher = more knowledge)
+    assert assert_forgotten("es", 0.9, confidence=0.95, suite=good).bound == loose.bound  # seeded
+    with pytest.raises(UnlearningAssertionError, match=r"95% bootstrap bound \(1000 resamples, seed 0\)"):
+        assert_forgotten("es", mean + 1e-6, confidence=0.95, suite=good)
+    ppl = assert_forgotten("ppl", 1.0, confidence=0.9, suite=good)
+    assert ppl.bound < ppl.score  # lower = more knowledge: the bound is the lower one
+
+
+# ---------------------------------------------------------------- arguments and errors
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(metric="es", threshold=1.5), r"threshold 1\.5 is outside the range of es \[0, 1\]"),
+    (dict(metric="ppl", threshold=0.5), r"outside the range of ppl \[1, inf\]"),
+    (dict(metric="es", threshold=0.1, reduce="p90"), r"reduce='p90'"),
+    (dict(metric="es", threshold=0.1, confidence=95), r"confidence must be in \(0, 1\)"),
+    (dict(metric="es", threshold="low"), r"threshold must be a number"),
+])
+def test_invalid_arguments_are_config_errors(good, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        assert_forgotten(suite=good, **kwargs)
+
+
+def test_an_unknown_metric_suggests_the_nearest(good):
+    with pytest.raises(UnknownNameError, match=r"unknown metric 'ess'; did you mean 'es'"):
+        assert_forgotten("ess", 0.1, suite=good)
+
+
+def test_without_an_active_suite_the_error_says_how_to_get_one(monkeypatch, good):
+    import pytest_unlearn.suite as suite_module
+
+    monkeypatch.setattr(suite_module, "_STACK", [])
+    with pytest.raises(ConfigError, match=r"no active pytest-unlearn suite.*Suite\.from_paths"):
+        assert_forgotten("es", 0.3)
+    good.activate()
+    try:
+        assert assert_forgotten("es", 0.3).passed
+    finally:
+        good.deactivate()
+
+
+def test_model_and_data_from_paths_and_records(bad, toy_world):
+    records = load_dataset(toy_world["forget"]).records()[:3]
+    result = assert_forgotten("es", 0.3, model=str(toy_world["reference"]), data=records, suite=bad)
+    assert len(result.scores) == 3
+    assert result.record["model"]["source"] == str(toy_world["reference"])
+
+
+def test_assert_retained_fails_when_knowledge_is_lost(good):
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_retained("es", data=good.forget, suite=good)  # the reference never knew the forget set
+    message = str(info.value)
+    assert "below min_ratio 0.9000" in message and "samples that lost the most" in message
+    assert "generated:" in message and "(original 1.0000)" in message
+    with pytest.raises(ConfigError, match="non-negative"):
+        assert_retained("mia_min_k", suite=good)
+
+
+# ---------------------------------------------------------------- attacks and controls
+
+def _custom_attack(name, kind, values_fn):
+    from pytest_unlearn.attacks.base import Attack, AttackOutcome
+
+    class Custom(Attack):
+        def _run(self, metric, model, data, ctx):
+            return AttackOutcome(values=values_fn(model, data), cost={}, details=None, prompts=None)
+
+    Custom.name, Custom.kind = name, kind
+    return Custom()
+
+
+def test_an_attack_that_wipes_the_original_is_marked_uninformative(good, bad):
+    attacks_available()
+    wipe = _custom_attack("wipe", "weight", lambda model, data: np.zeros(len(data)))
+    with pytest.warns(UnlearnWarning, match=r"wipe is uninformative \(the attack also destroys"):
+        result = assert_forgotten("es", 0.3, under_attack=[wipe], suite=good)
+    assert result.passed and result.uninformative == ["wipe"]
+    assert [row["verdict"] for row in result.record["attacks"]] == ["ok", "uninformative"]
+    with pytest.warns(UnlearnWarning), pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.3, under_attack=[wipe], suite=bad)
+    assert "uninformative (the attack also destroys the original's knowledge)" in str(info.value)
+
+
+def test_an_attack_that_cannot_run_errors_instead_of_passing(good):
+    attacks_available()
+    broken = _custom_attack("broken", "prompt", lambda model, data: 1 / 0)
+    with pytest.raises(AttackError, match=r"attack 'broken' failed on the unlearned model: ZeroDivisionError"):
+        assert_forgotten("es", 0.3, under_attack=[broken], suite=good)
+    holes = _custom_attack("holes", "prompt", lambda model, data: np.full(len(data), np.nan))
+    with pytest.raises(AttackError, match=r"left 8 of 8 samples .* unscored"):
+        assert_forgotten("es", 0.3, under_attack=[holes], suite=good)
+
+
+def test_under_attack_takes_the_worst_case_per_sample(good, bad):
+    attacks_available("paraphrase", "quantize:8")
+    result = assert_forgotten("es", 0.3, under_attack=["paraphrase", "quantize:8"], suite=good)
+    specs = result.record["under_attack"]
+    assert specs == ["paraphrase", "quantize:8"]  # as written; the canonical specs are kept too
+    assert result.record["attack_specs"][1].startswith("quantize:bits=8")
+    frame = result.scores
+    assert frame["worst"].tolist() == frame[["none", *specs]].max(axis=1).tolist()
+    assert {f"original:{s}" for s in ["none", *specs]} <= set(frame.columns)
+    direct = good.score("es", attack="paraphrase")  # the suite scores under an attack too
+    assert direct.attack == "paraphrase:source=auto" and list(direct.values.index) == good.forget.ids
+    assert direct.values.tolist() == frame["paraphrase"].tolist()
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.3, under_attack=["paraphrase", "quantize:8"], suite=bad)
+    message = str(info.value)
+    assert "paraphrase" in message and specs[1] in message and "worst case" in message
+
+
+def test_calibrate_scores_the_calibrated_model(good):
+    pytest.importorskip("pytest_unlearn.calibration")
+    result = assert_forgotten("es", 0.3, calibrate=0.9, suite=good)
+    calibration = good.calibrate(0.9)
+    assert result.record["calibrate"]["alpha"] == pytest.approx(calibration.alpha)
+    assert result.record["model"]["fingerprint"] == calibration.model.fingerprint

@@ -1,0 +1,136 @@
+"""What a pytest run reports: the failure message in pytest's output, the terminal summary,
+the JSON report (``--unlearn-report``, see docs/report-schema.md) and JUnit XML properties."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import pytest_unlearn
+from pytest_unlearn.data import load_dataset
+
+SUITE = """
+from pytest_unlearn import assert_forgotten, assert_retained
+
+def test_forgotten():
+    assert_forgotten("es", threshold=0.3)
+
+def test_original_leaks(unlearn):
+    assert_forgotten("es", threshold=0.3, model=unlearn.settings.original)
+
+def test_retained():
+    assert_retained("es", min_ratio=0.9)
+
+def test_calibrated(calibrated_model):
+    result = assert_forgotten("es", threshold=0.3, calibrate=0.9)
+    assert result.record["model"]["fingerprint"] == calibrated_model.fingerprint
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm(toy_world):
+    """pytester's in-process runs drop the modules first imported inside them, so import
+    the package (and the transformers modules a model needs) out here, once."""
+    from pytest_unlearn.prompts import dataset_parts
+    from pytest_unlearn.suite import Suite
+
+    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
+        try:
+            importlib.import_module(info.name)
+        except Exception:  # a module a colleague is still writing
+            pass
+    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"], cache_dir=None)
+    suite.scorer.generate(suite.original, dataset_parts(suite.forget)[:1])
+    suite.close()
+
+
+@pytest.fixture
+def outcome(pytester, toy_world):
+    pytester.makeini(
+        "[pytest]\n"
+        f"unlearn_original = {toy_world['original']}\n"
+        f"unlearn_model = {toy_world['reference']}\n"
+        f"unlearn_reference = {toy_world['reference']}\n"
+        f"unlearn_forget = {toy_world['forget']}\n"
+        f"unlearn_retain = {toy_world['retain']}\n"
+        "unlearn_allow_pickle = true\n")
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("--unlearn-report", "out/report.json", "--junitxml", "junit.xml")
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    junit = ET.parse(pytester.path / "junit.xml").getroot()
+    return result, report, junit
+
+
+def test_reports(outcome, toy_world):
+    """One run, every report (runs are the slow part, so they are checked together)."""
+    result, report, junit = outcome
+    result.assert_outcomes(passed=3, failed=1)
+    check_terminal(result.stdout)
+    check_json(report, toy_world)
+    check_junit(junit)
+
+
+def check_terminal(stdout):
+    stdout.fnmatch_lines([
+        # the failure: message built by the library, no frames from inside it
+        "*UnlearningAssertionError: es (extraction strength*higher = more knowledge*",
+        "*must be at most 0.3000 to count as forgotten*",
+        "*attack*model*original*reference*verdict*",
+        "*worst leaking samples*",
+        "*generated:*",
+        # the summary
+        "*= unlearning summary =*",
+        "test*check*attack*score*original*threshold*verdict",
+        "*test_suite.py::test_calibrated*forgotten es*none*<= 0.3000*PASS",
+        "*test_suite.py::test_forgotten*forgotten es*none*0.1629*1.0000*<= 0.3000*PASS",
+        "*test_suite.py::test_original_leaks*forgotten es*none*1.0000*1.0000*<= 0.3000*FAIL",
+        "*test_suite.py::test_retained*retained es*none*>= 0.9000*PASS",
+        "calibration (es, tau=0.9000): alpha=*retain*forget*evaluation*",
+        "unlearning report: *out/report.json",
+    ])
+    assert "pytest_unlearn/" not in stdout.str()  # the library's frames are hidden
+
+
+def check_json(report, toy_world):
+    assert report["schema"] == "pytest-unlearn-report/1"
+    assert report["library"] == {"name": "pytest-unlearn", "version": pytest_unlearn.__version__}
+    assert report["seed"] == 0 and report["settings"]["model"] == str(toy_world["reference"])
+    assert report["opt_ins"] == ["allow_pickle"]
+    assert set(report["models"]) == {"original", "unlearned", "reference"}
+    assert all(len(m["fingerprint"]) == 64 for m in report["models"].values())
+    assert report["summary"] == {"assertions": 4, "pass": 3, "fail": 1, "error": 0}
+    assert report["cost"]["forward_batches"] > 0
+    tests = [(a["test"].split("::")[1], a["kind"]) for a in report["assertions"]]
+    assert tests == [("test_calibrated", "forgotten"), ("test_forgotten", "forgotten"),
+                     ("test_original_leaks", "forgotten"), ("test_retained", "retained")]
+    calibrated, forgotten, leaks, retained = report["assertions"]
+    ids = load_dataset(toy_world["forget"]).ids
+    assert list(forgotten["samples"]) == ids
+    sample = forgotten["samples"][ids[0]]
+    assert set(sample) == {"scores", "worst", "worst_attack", "original", "reference"}
+    assert sample["scores"]["none"] == sample["reference"]["none"] < sample["original"]["none"]
+    row = forgotten["attacks"][0]
+    assert row["attack"] == "none" and row["verdict"] == "ok" and row["original"] == 1.0
+    assert forgotten["verdict"] == "pass" and forgotten["threshold"] == 0.3
+    assert forgotten["direction"] == "higher = more knowledge" and forgotten["data"]["n"] == 8
+    assert leaks["verdict"] == "fail" and len(leaks["worst_samples"]) == 5 and leaks["message"]
+    assert {"prompt", "answer", "generated", "score", "attack"} <= set(leaks["worst_samples"][0])
+    assert retained["min_ratio"] == 0.9 and len(retained["samples"]) == 16
+    assert calibrated["calibrate"]["tau"] == 0.9
+    (calibration,) = report["calibrations"]
+    assert calibration["tau"] == 0.9 and 0 <= calibration["alpha"] <= 1
+    assert calibration["curve"] and calibration["model"]["fingerprint"] == report["models"]["unlearned"]["fingerprint"]
+
+
+def check_junit(junit):
+    cases = {case.get("name"): case for case in junit.iter("testcase")}
+    props = {p.get("name"): p.get("value") for p in cases["test_forgotten"].iter("property")}
+    assert props["unlearn.forgotten.es.verdict"] == "pass"
+    assert props["unlearn.forgotten.es.threshold"] == "0.3000"
+    assert json.loads(props["unlearn.forgotten.es.attack.none"])["original"] == 1.0
+    failed = {p.get("name"): p.get("value") for p in cases["test_original_leaks"].iter("property")}
+    assert failed["unlearn.forgotten.es.verdict"] == "fail"
