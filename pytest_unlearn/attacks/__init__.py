@@ -1,0 +1,27 @@
+"""Red-team attacks that try to bring "forgotten" knowledge back.
+
+>>> from pytest_unlearn.attacks import parse_attack, run_attack, AttackContext
+>>> parse_attack("quantize:4").spec
+'quantize:bits=4,bitsandbytes=false,group_size=128,include_head=false,method=rtn'
+
+Names (``ATTACKS``): prompt attacks ``jailbreak``, ``prefill``, ``paraphrase``, ``icl``,
+``noise`` (:mod:`.prompt_attacks`); weight attacks ``quantize``, ``relearn``
+(:mod:`.weight_attacks`); the representation attack ``logit_lens`` (:mod:`.logit_lens`).
+Each ``run`` returns an :class:`AttackOutcome`: per-sample scores aligned with the data
+rows (worst case over the attack's variants), the variant behind each, the prompt used,
+notes and the cost.  See ``docs/attacks.md``.
+
+Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+from .base import (ATTACKS, Attack, AttackContext, AttackOutcome, Param, attack_is_uninformative,
+                   parse_attack, register_attack, run_attack, worst_case)
+from .logit_lens import LogitLens
+from .prompt_attacks import InContext, Jailbreak, Noise, Paraphrase, Prefill
+from .weight_attacks import Quantize, Relearn
+
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "InContext", "Jailbreak", "LogitLens",
+           "Noise", "Param", "Paraphrase", "Prefill", "Quantize", "Relearn", "attack_is_uninformative",
+           "parse_attack", "register_attack", "run_attack", "worst_case"]

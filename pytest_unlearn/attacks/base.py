@@ -1,0 +1,350 @@
+"""The attack framework: :class:`Attack`, its context and outcome, the spec parser, the registry.
+
+An attack spec is what users type in ``assert_forgotten(under_attack=[...])``::
+
+    quantize                       every parameter at its default
+    quantize:4                     a bare value sets the first parameter (bits)
+    quantize:bits=4,method=nf4     named parameters, in any order
+    logit_lens:layers=4,8          list parameters take comma-separated values
+    prefill:text="Sure, here it is:"   quote values that hold commas or '='
+
+Values are checked and coerced to the parameter's type; a malformed spec raises
+:class:`~pytest_unlearn.errors.AttackError` saying what is wrong and listing the accepted
+parameters, and an unknown attack name raises
+:class:`~pytest_unlearn.errors.UnknownNameError` suggesting the nearest name.
+:attr:`Attack.spec` is the canonical form (every parameter, defaults included, sorted by
+name), so equal attacks have equal specs and ``parse_attack(a.spec) == a``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import AttackError
+from ..metrics import Metric, get_metric
+from ..registry import Registry
+from .params import Param, as_text, format_value
+
+if TYPE_CHECKING:
+    from ..cache import ResultCache
+    from ..data import Dataset
+    from ..models import ModelHandle
+    from ..scoring import Scorer
+
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "Param", "attack_is_uninformative",
+           "parse_attack", "register_attack", "run_attack", "worst_case"]
+
+
+# ---------------------------------------------------------------- context and outcome
+
+@dataclass
+class AttackContext:
+    """What an attack may use besides the model and data it attacks."""
+
+    scorer: "Scorer"
+    original: "ModelHandle | None" = None  # for attacks that need it
+    forget: "Dataset | None" = None        # the full forget set (icl from other forget items)
+    retain: "Dataset | None" = None        # icl shots; relearn on retain
+    seed: int = 0
+    progress: bool = False
+    cache: "ResultCache | None" = None     # attack-level result cache (weight attacks)
+
+
+@dataclass
+class AttackOutcome:
+    """Per-sample scores under one attack (aligned with the data rows)."""
+
+    values: np.ndarray          # worst case (most knowledge) over the attack's variants
+    cost: dict                  # seconds, forward_batches, training_steps (+ cached)
+    details: list[str] | None   # per sample: the variant that gave the worst case
+    prompts: list[str] | None   # per sample: the attacked prompt text (None for weight attacks)
+    notes: list[str] = field(default_factory=list)
+    spec: str = ""              # the canonical spec of the attack that produced it
+
+
+# ---------------------------------------------------------------- the base class
+
+class Attack:
+    """Base class of every attack.  Subclasses set ``name``, ``kind``, ``cost_hint`` and
+    ``PARAMS`` (the first is the one a bare value in a spec sets) and implement ``_run``.
+
+    Construct from Python with keywords (``Quantize(bits=8)``) or positionally in
+    ``PARAMS`` order; every value is checked and coerced, and every parameter is
+    readable as an attribute (``attack.bits``).
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "prompt" | "weight" | "representation"
+    cost_hint: ClassVar[str] = ""
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(self.PARAMS):
+            raise self.error(f"takes at most {len(self.PARAMS)} positional parameter(s), got {len(args)}")
+        given: dict[str, Any] = {}
+        for p, value in zip(self.PARAMS, args):
+            given[p.name] = value
+        for key, value in kwargs.items():
+            if key in given:
+                raise self.error(f"parameter {key!r} is given twice")
+            given[key] = value
+        self.params = self._coerce(given)
+        self._check()
+
+    # -- parameters
+    @classmethod
+    def param_names(cls) -> list[str]:
+        return [p.name for p in cls.PARAMS]
+
+    @classmethod
+    def accepted(cls) -> str:
+        if not cls.PARAMS:
+            return f"{cls.name} takes no parameters"
+        return f"{cls.name} accepts: " + "; ".join(p.describe() for p in cls.PARAMS)
+
+    @classmethod
+    def error(cls, message: str) -> AttackError:
+        return AttackError(f"attack {cls.name!r}: {message}. {cls.accepted()}")
+
+    @classmethod
+    def _coerce(cls, given: dict[str, Any]) -> dict[str, Any]:
+        by_name = {p.name: p for p in cls.PARAMS}
+        out = {}
+        for key, value in given.items():
+            p = by_name.get(key)
+            if p is None:
+                near = difflib.get_close_matches(str(key), list(by_name), n=1, cutoff=0.5)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise cls.error(f"unknown parameter {key!r}{hint}")
+            try:
+                out[key] = p.coerce(value)
+            except ValueError as exc:
+                raise cls.error(f"{key}={_show(value)}: {exc}") from None
+        return {p.name: out.get(p.name, p.default) for p in cls.PARAMS}
+
+    def _check(self) -> None:
+        """Cross-parameter checks (override; raise ``self.error(...)``)."""
+
+    def __getattr__(self, key: str):
+        params = self.__dict__.get("params")
+        if params is not None and key in params:
+            return params[key]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {key!r}")
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec: the name and every parameter (defaults included), sorted."""
+        if not self.params:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={format_value(v)}" for k, v in sorted(self.params.items()))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Attack) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+    def __str__(self) -> str:
+        return self.spec
+
+    # -- running
+    def run(self, metric: "str | Metric", model: "ModelHandle", data: "Dataset",
+            ctx: AttackContext) -> AttackOutcome:
+        """Score ``metric`` on ``data`` under this attack (worst case per sample).
+
+        Fills in the cost: wall seconds, forward batches the scorer ran (unless the
+        attack counted its own) and training steps.
+        """
+        m = get_metric(metric)
+        scorer_cost = ctx.scorer.cost
+        before = scorer_cost.forward_passes + scorer_cost.generations
+        t0 = time.perf_counter()
+        outcome = self._run(m, model, data, ctx)
+        outcome.cost["seconds"] = round(time.perf_counter() - t0, 3)
+        outcome.cost.setdefault("forward_batches", scorer_cost.forward_passes + scorer_cost.generations - before)
+        outcome.cost.setdefault("training_steps", 0)
+        outcome.spec = self.spec
+        outcome.values = np.asarray(outcome.values, dtype=np.float64)
+        if len(outcome.values) != len(data):
+            raise AttackError(f"attack {self.spec}: internal error, {len(outcome.values)} values "
+                              f"for {len(data)} samples")
+        return outcome
+
+    def _run(self, metric: Metric, model: "ModelHandle", data: "Dataset", ctx: AttackContext) -> AttackOutcome:
+        raise NotImplementedError
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def worst_case(metric: Metric, stacked: Sequence[np.ndarray], names: Sequence[str]
+               ) -> tuple[np.ndarray, list[str]]:
+    """Per-sample "most knowledge" over variants, and the name of the variant that gave it.
+
+    ``stacked`` holds one array per variant (NaN where a variant does not apply to a
+    sample); ties go to the first variant.
+    """
+    arr = np.vstack([np.asarray(v, dtype=np.float64) for v in stacked])
+    best = metric.knowledge_max(arr)
+    oriented = arr if metric.higher_is_more_knowledge else -arr
+    choice = np.argmax(np.where(np.isnan(oriented), -np.inf, oriented), axis=0)
+    return np.asarray(best, dtype=np.float64), [names[i] for i in choice]
+
+
+# ---------------------------------------------------------------- registry and parser
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+def register_attack(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: register an :class:`Attack` subclass under its ``name``."""
+    ATTACKS.register(cls.name, cls)
+    return cls
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside double quotes (a backslash escapes inside quotes)."""
+    parts, buf, quoted, escaped = [], [], False, False
+    for ch in text:
+        if escaped:
+            buf.append(ch)
+            escaped = False
+        elif quoted and ch == "\\":
+            buf.append(ch)
+            escaped = True
+        elif ch == '"':
+            buf.append(ch)
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    if quoted:
+        raise ValueError("unterminated double quote")
+    parts.append("".join(buf))
+    return parts
+
+
+def _unquote(text: str) -> str:
+    """``"a \\"b\\""`` -> ``a "b"``; unquoted text is returned as it is."""
+    stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == '"' and stripped[-1] == '"':
+        out, escaped = [], False
+        for ch in stripped[1:-1]:
+            if escaped:
+                out.append(ch)
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                raise ValueError("a double quote inside a quoted value must be escaped as \\\"")
+            else:
+                out.append(ch)
+        return "".join(out)
+    if '"' in text:
+        raise ValueError(f"stray double quote in {text!r}; quote the whole value")
+    return text
+
+
+def parse_attack(spec: "str | Attack") -> Attack:
+    """An :class:`Attack` from a spec string (or the attack itself)."""
+    if isinstance(spec, Attack):
+        return spec
+    if not isinstance(spec, str):
+        raise AttackError(f"an attack is a spec string such as 'quantize:4' or an Attack object, "
+                          f"got {type(spec).__name__} {_show(spec)}")
+    name, sep, rest = spec.partition(":")
+    name = name.strip()
+    if not name:
+        raise AttackError(f"attack spec {spec!r} has no attack name (known: {', '.join(ATTACKS.names())})")
+    cls = ATTACKS.get(name)  # UnknownNameError with suggestions
+    if not sep or not rest.strip():
+        return cls()
+    try:
+        tokens = _split_top(rest, ",")
+    except ValueError as exc:
+        raise cls.error(f"cannot parse {spec!r}: {exc}") from None
+    by_name = {p.name: p for p in cls.PARAMS}
+    raw: dict[str, list[str]] = {}
+    current: str | None = None
+    for position, token in enumerate(tokens):
+        key, eq, value = token.partition("=")
+        key = key.strip().lower()
+        if eq and '"' not in key and key in by_name:
+            if key in raw:
+                raise cls.error(f"parameter {key!r} is given twice in {spec!r}")
+            raw[key], current = [value], key
+        elif current is not None and by_name[current].multi:
+            raw[current].append(token)  # the next piece of a list or of free text
+        elif eq and '"' not in key:
+            cls._coerce({key: value})  # raises: unknown parameter (with a suggestion)
+        elif position == 0 and cls.PARAMS:
+            current = cls.PARAMS[0].name
+            raw[current] = [token]
+        elif not cls.PARAMS:
+            raise cls.error(f"{spec!r} gives a value but there is nothing to set")
+        else:
+            raise cls.error(f"{token.strip()!r} in {spec!r} has no name: only the first value may "
+                            f"be bare (it sets {cls.PARAMS[0].name}); write name=value")
+    given = {}
+    for key, pieces in raw.items():
+        try:
+            given[key] = _unquote(",".join(pieces))
+        except ValueError as exc:
+            raise cls.error(f"{key}: {exc}") from None
+        if not by_name[key].multi or by_name[key].coerce is not as_text:
+            given[key] = given[key].strip()
+    return cls(**given)
+
+
+def run_attack(spec: "str | Attack", metric: "str | Metric", model: "ModelHandle", data: "Dataset",
+               ctx: AttackContext) -> AttackOutcome:
+    """``parse_attack(spec).run(metric, model, data, ctx)``."""
+    return parse_attack(spec).run(metric, model, data, ctx)
+
+
+# ---------------------------------------------------------------- controls
+
+def attack_is_uninformative(clean_original: float, attacked_original: float, metric: "str | Metric",
+                            tolerance: float = 0.5) -> bool:
+    """True when an attack destroys the *original* model's knowledge.
+
+    Knowledge is measured from the metric's bound on the "no knowledge" side: for a
+    higher-is-more-knowledge metric with a finite lower bound (ES, EM, prob, ROUGE) the
+    original keeps ``(attacked - lb) / (clean - lb)`` of its knowledge; for a lower-is-more
+    metric with a finite lower bound (PPL, NLL, truth ratio) the distance to the bound
+    grows by ``(attacked - lb) / (clean - lb)``, and knowledge kept is its inverse.  The
+    attack is uninformative when the original keeps less than ``tolerance`` of its
+    knowledge.  A metric without a finite bound on that side compares distances to the
+    other bound the same way; with none at all (Min-K%++) the answer is False.
+    The paper: such a weight attack must be reported as uninformative, not as "still
+    forgotten".
+    """
+    m = get_metric(metric)
+    c, a = float(clean_original), float(attacked_original)
+    if not (math.isfinite(c) and math.isfinite(a)) or not 0 < tolerance <= 1:
+        return False
+    lb, ub = m.lower_bound, m.upper_bound
+    if m.higher_is_more_knowledge:
+        if math.isfinite(lb):
+            return c > lb and (a - lb) < tolerance * (c - lb)
+        if math.isfinite(ub):
+            return c < ub and tolerance * (ub - a) > (ub - c)
+        return False
+    if math.isfinite(lb):
+        return (a - lb) * tolerance > (c - lb)
+    if math.isfinite(ub):
+        return c < ub and (ub - a) < tolerance * (ub - c)
+    return False

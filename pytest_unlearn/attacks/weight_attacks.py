@@ -1,0 +1,409 @@
+"""Weight attacks: change the weights a little and see whether the knowledge comes back.
+
+Both attacks work on the model in place and put every changed tensor back bit for bit
+afterwards (a snapshot of the changed parameters is kept in CPU memory; nothing is
+reloaded from disk), so the handle passed in is unchanged when ``run`` returns, even
+on an error.  The attacked weights are scored under a derived handle whose
+fingerprint hashes the model's fingerprint, the attack spec, the fold, the seed and
+the training data, so the scorer's cache never mixes them up with the clean model.
+When ``ctx.cache`` is set the whole outcome is cached under the same ingredients
+plus the data, metric and prompt format, and a repeated run trains nothing.
+
+* ``quantize``: quantize-dequantize every ``Linear`` weight of the decoder layers
+  (embeddings and the LM head stay, unless ``include_head``), score, restore.
+* ``relearn``: fine-tune on some forget facts and score the *other*, held-out ones
+  (k-fold, so every sample is scored exactly once), or fine-tune on the retain set /
+  a related data file and score everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from ..cache import cache_key
+from ..errors import AttackError
+from ..prompts import dataset_parts
+from .base import Attack, AttackContext, AttackOutcome, register_attack
+from .params import Param, as_bool, as_choice, as_float, as_int
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data import Dataset
+    from ..models import ModelHandle
+
+NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+            -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+            0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+            0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+NF4_BLOCK = 64
+LORA_AUTO_PARAMS = 1_000_000_000  # models with fewer parameters get full fine-tuning
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".pq")
+
+
+# ---------------------------------------------------------------- quantizers (pure functions)
+
+def rtn_quantize(weight: "torch.Tensor", bits: int, group_size: int, *, return_scale: bool = False):
+    """Symmetric round-to-nearest, one scale per ``group_size`` consecutive inputs of each row.
+
+    ``scale = absmax / (2**(bits-1) - 1)``; the dequantized weight differs from the
+    original by at most ``scale / 2`` per element.  Same shape and dtype as ``weight``.
+    """
+    import torch
+
+    w = weight.detach().float()
+    rows = w.reshape(-1, w.shape[-1]) if w.dim() > 1 else w.reshape(1, -1)
+    n = rows.shape[1]
+    pad = (-n) % group_size
+    if pad:
+        rows = torch.nn.functional.pad(rows, (0, pad))
+    groups = rows.reshape(rows.shape[0], -1, group_size)
+    qmax = 2 ** (bits - 1) - 1
+    scale = groups.abs().amax(-1, keepdim=True) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    deq = torch.clamp(torch.round(groups / safe), -qmax, qmax) * scale
+    out = deq.reshape(rows.shape)[:, :n].reshape(weight.shape).to(weight.dtype)
+    if return_scale:
+        return out, scale.expand_as(groups).reshape(rows.shape)[:, :n].reshape(weight.shape)
+    return out
+
+
+def nf4_quantize(weight: "torch.Tensor", block: int = NF4_BLOCK) -> "torch.Tensor":
+    """NormalFloat-4 (QLoRA): blockwise absmax over the flattened tensor, each value
+    rounded to the nearest of the 16 NF4 levels."""
+    import torch
+
+    flat = weight.detach().float().reshape(-1)
+    n = flat.numel()
+    pad = (-n) % block
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    blocks = flat.reshape(-1, block)
+    absmax = blocks.abs().amax(-1, keepdim=True)
+    normed = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    code = torch.tensor(NF4_CODE, device=flat.device)
+    mids = (code[1:] + code[:-1]) / 2
+    deq = code[torch.bucketize(normed, mids)] * absmax
+    return deq.reshape(-1)[:n].reshape(weight.shape).to(weight.dtype)
+
+
+def _bnb_quantize(weight: "torch.Tensor", bits: int, method: str) -> "torch.Tensor":
+    import bitsandbytes.functional as bnbf
+
+    if bits == 4:
+        q, state = bnbf.quantize_4bit(weight, blocksize=NF4_BLOCK, quant_type="nf4" if method == "nf4" else "fp4")
+        return bnbf.dequantize_4bit(q, state).to(weight.dtype)
+    q, state = bnbf.quantize_blockwise(weight)
+    return bnbf.dequantize_blockwise(q, state).to(weight.dtype)
+
+
+def quantizable_weights(model, include_head: bool = False) -> list[tuple[str, "torch.nn.Parameter", bool]]:
+    """(name, weight, transposed) of every Linear (and GPT-2 style Conv1D) weight, each
+    parameter once; the LM head only with ``include_head``."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out, seen = [], set()
+    for name, module in model.named_modules():
+        is_conv1d = type(module).__name__ == "Conv1D"
+        if not (isinstance(module, torch.nn.Linear) or is_conv1d):
+            continue
+        if module is head and not include_head:
+            continue
+        w = getattr(module, "weight", None)
+        if w is None or not w.is_floating_point() or id(w) in seen:
+            continue
+        seen.add(id(w))
+        out.append((f"{name}.weight", w, is_conv1d))
+    return out
+
+
+# ---------------------------------------------------------------- working copy in place
+
+class WeightSnapshot:
+    """A CPU copy of some parameters (and their ``requires_grad``) to put back bit for bit."""
+
+    def __init__(self, params: Sequence["torch.nn.Parameter"]):
+        self.params = list(params)
+        self.saved = [p.detach().to("cpu", copy=True) for p in self.params]
+        self.flags = [p.requires_grad for p in self.params]
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, saved, flag in zip(self.params, self.saved, self.flags):
+                p.copy_(saved)
+                p.requires_grad_(flag)
+
+
+def derived_fingerprint(model: "ModelHandle", spec: str, fold: int | str, seed: int, *extra) -> str:
+    """Fingerprint of an attacked copy: hash(model fingerprint, spec, fold, seed, extra)."""
+    return cache_key("attacked-model", model.fingerprint, spec, fold, int(seed), *extra)
+
+
+def _outcome_key(attack: Attack, metric, model, data, ctx, *extra) -> str:
+    sc = ctx.scorer
+    return cache_key("attack-outcome", attack.spec, int(ctx.seed), model.fingerprint, data.content_hash,
+                     metric.name, sc.prompt_format(model).spec, sc.batch_size, str(model.device.type),
+                     str(model.dtype), *extra)
+
+
+def _cached(ctx: AttackContext, key: str) -> AttackOutcome | None:
+    if ctx.cache is None or not ctx.cache.enabled:
+        return None
+    hit = ctx.cache.get(key)
+    if hit is None:
+        return None
+    return AttackOutcome(np.asarray(hit["values"], dtype=np.float64), {"training_steps": 0, "cached": True},
+                         [str(d) for d in hit["details"]], None,
+                         [str(n) for n in hit["notes"]] + ["result read from the attack cache"])
+
+
+def _store(ctx: AttackContext, key: str, outcome: AttackOutcome) -> None:
+    if ctx.cache is not None and ctx.cache.enabled:
+        ctx.cache.put(key, {"values": np.asarray(outcome.values, dtype=np.float64),
+                            "details": np.array(outcome.details or [""] * len(outcome.values), dtype=str),
+                            "notes": np.array(outcome.notes or [""], dtype=str)})
+
+
+# ---------------------------------------------------------------- quantize
+
+@register_attack
+class Quantize(Attack):
+    """Round the weights to 4 or 8 bits and back (RTN or NF4), score, restore."""
+
+    name = "quantize"
+    kind = "weight"
+    cost_hint = "one pass over the Linear weights plus one scoring pass; a CPU copy of those weights"
+    PARAMS = (Param("bits", 4, as_int(choices=(4, 8)), "4 or 8"),
+              Param("method", "rtn", as_choice("rtn", "nf4"),
+                    "rtn (group-wise symmetric round-to-nearest) or nf4 (NormalFloat-4, blocks of 64)"),
+              Param("group_size", 128, as_int(1, 1 << 20), "rtn group size (inputs per scale)"),
+              Param("include_head", False, as_bool, "also quantize the LM head"),
+              Param("bitsandbytes", False, as_bool, "use bitsandbytes kernels (CUDA only)"))
+
+    def _check(self):
+        if self.method == "nf4" and self.bits != 4:
+            raise self.error("method=nf4 is a 4-bit format; use bits=4, or method=rtn for 8 bits")
+
+    def quantize(self, weight: "torch.Tensor") -> "torch.Tensor":
+        if self.bitsandbytes:
+            return _bnb_quantize(weight, self.bits, self.method)
+        if self.method == "nf4":
+            return nf4_quantize(weight)
+        return rtn_quantize(weight, self.bits, self.group_size)
+
+    def _check_bnb(self, model: "ModelHandle") -> None:
+        if not self.bitsandbytes:
+            return
+        if model.device.type != "cuda":
+            raise AttackError(f"attack {self.spec}: bitsandbytes=true needs the model on a CUDA device "
+                              f"(it is on {model.device}); use the built-in quantizer (bitsandbytes=false)")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise AttackError(f"attack {self.spec}: bitsandbytes=true but bitsandbytes is not installed "
+                              "(pip install bitsandbytes); or use bitsandbytes=false") from None
+
+    def _run(self, metric, model, data, ctx):
+        import torch
+
+        self._check_bnb(model)
+        key = _outcome_key(self, metric, model, data, ctx)
+        hit = _cached(ctx, key)
+        if hit is not None:
+            return hit
+        targets = quantizable_weights(model.model, self.include_head)
+        if not targets:
+            raise AttackError(f"attack {self.spec}: {type(model.model).__name__} has no Linear weights to quantize")
+        snapshot = WeightSnapshot([w for _, w, _ in targets])
+        try:
+            with torch.no_grad():
+                for _, w, transposed in targets:
+                    w.copy_(self.quantize(w.t()).t() if transposed else self.quantize(w))
+            handle = model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed),
+                                  name=f"{model.name} [{self.spec}]")
+            values = ctx.scorer.per_sample(metric, handle, data)
+        finally:
+            snapshot.restore()
+        n = sum(w.numel() for _, w, _ in targets)
+        variant = f"{self.method} {self.bits}-bit" + (" (bitsandbytes)" if self.bitsandbytes else "")
+        outcome = AttackOutcome(values, {}, [variant] * len(data), None,
+                                [f"quantize: {len(targets)} weight tensors ({n:,} values) rounded to "
+                                 f"{self.bits} bits by {'bitsandbytes ' if self.bitsandbytes else ''}"
+                                 f"{self.method}{'' if self.method == 'nf4' else f' (group {self.group_size})'}"
+                                 f"{', LM head included' if self.include_head else ''}"])
+        _store(ctx, key, outcome)
+        return outcome
+
+
+# ---------------------------------------------------------------- relearn
+
+def as_relearn_source(value):
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"expected forget, retain or a data file path, got {type(value).__name__}")
+    text = os.fspath(value).strip()
+    if text.lower() in ("forget", "retain"):
+        return text.lower()
+    if not text.lower().endswith(DATA_SUFFIXES):
+        raise ValueError(f"must be forget, retain or a path to a {'/'.join(DATA_SUFFIXES)} data file, got {text!r}")
+    return text
+
+
+def as_lora(value):
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return as_bool(value)
+    except ValueError:
+        raise ValueError(f"expected auto, true or false, got {value!r}") from None
+
+
+def train_answers(model, handle: "ModelHandle", train: "Dataset", ctx: AttackContext, *, steps: int,
+                  lr: float, batch_size: int, seed: int, desc: str = "relearn") -> None:
+    """AdamW on the answer-only NLL of ``train`` (encoded exactly as for scoring), seeded;
+    gradients clipped to norm 1; the parameters that require grad are trained."""
+    import torch
+
+    from ..training import collate, pad_id, seeded_batches, sequence_nll
+
+    encoded = ctx.scorer.encode(handle, dataset_parts(train))
+    device = handle.device
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    batches = seeded_batches(len(encoded), batch_size, steps, seed)
+    if ctx.progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, total=steps, desc=desc, unit="step", leave=False)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model.train()
+        try:
+            for idx in batches:
+                loss = sequence_nll(model, collate(encoded, idx, pad_id(handle.tokenizer), device)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+        finally:
+            model.eval()
+            model.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def _trainable(model, use_lora: bool, seed: int) -> Iterator:
+    """Yield a trainable version of ``model``; afterwards ``model`` is as it was.
+
+    Full fine-tuning trains ``model`` itself, and the caller restores the weights from
+    its snapshot; LoRA injects rank-8 adapters (PEFT) and removes them unmerged.
+    """
+    import torch
+
+    if not use_lora:
+        for p in model.parameters():
+            p.requires_grad_(p.is_floating_point())
+        yield model
+        return
+    from peft import LoraConfig, get_peft_model
+
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecations inside peft/transformers
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                      target_modules="all-linear", bias="none"))
+    try:
+        yield peft_model.get_base_model()
+    finally:
+        peft_model.unload()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@register_attack
+class Relearn(Attack):
+    """Fine-tune on forget facts and score held-out ones (k-fold), or on retain / a related file."""
+
+    name = "relearn"
+    kind = "weight"
+    cost_hint = "steps x folds optimizer steps plus one scoring pass; a CPU copy of the weights"
+    PARAMS = (Param("steps", 20, as_int(1, 1_000_000), "optimizer steps per fold"),
+              Param("lr", 1e-4, as_float(0.0, 1.0, lo_open=True), "AdamW learning rate"),
+              Param("folds", 2, as_int(2, 1000), "forget-set folds (on=forget)"),
+              Param("batch_size", 4, as_int(1, 4096), "samples per step"),
+              Param("on", "forget", as_relearn_source, "forget, retain or a path to a related data file"),
+              Param("lora", "auto", as_lora, f"auto (LoRA r=8 for models of {LORA_AUTO_PARAMS:.0e}+ "
+                                             "parameters, else full fine-tuning), true or false"))
+
+    def _plan(self, data: "Dataset", ctx: AttackContext) -> list[tuple[str, np.ndarray, "Dataset"]]:
+        """(fold name, rows to score, data to train on) per fold."""
+        n = len(data)
+        if self.on == "forget":
+            if n < self.folds:
+                raise AttackError(f"attack {self.spec}: {n} sample(s) cannot be split into {self.folds} "
+                                  f"folds; use relearn:folds={max(2, n)}" if n >= 2 else
+                                  f"attack {self.spec}: relearning on the forget set needs at least 2 samples")
+            order = np.random.default_rng([int(ctx.seed) & 0xFFFFFFFF, 1]).permutation(n)
+            folds = [np.sort(f) for f in np.array_split(order, self.folds)]
+            return [(f"fold {k + 1}/{self.folds}", rows, data.subset(np.sort(np.concatenate(
+                [f for j, f in enumerate(folds) if j != k])))) for k, rows in enumerate(folds)]
+        if self.on == "retain":
+            if ctx.retain is None:
+                raise AttackError(f"attack {self.spec}: no retain set; configure unlearn_retain / "
+                                  "--unlearn-retain (or AttackContext(retain=...)), or use relearn:on=forget")
+            return [("retain", np.arange(n), ctx.retain)]
+        from ..data import load_dataset
+
+        path = Path(self.on).expanduser()
+        if not path.is_file():
+            raise AttackError(f"attack {self.spec}: relearning data file {str(path)!r} does not exist")
+        return [(path.name, np.arange(n), load_dataset(path, name="relearn"))]
+
+    def _run(self, metric, model, data, ctx):
+        plan = self._plan(data, ctx)
+        prompt = ctx.scorer.prompt_format(model).spec
+        key = _outcome_key(self, metric, model, data, ctx, [t.content_hash for _, _, t in plan])
+        hit = _cached(ctx, key)
+        if hit is not None:
+            return hit
+        n_params = sum(p.numel() for p in model.model.parameters())
+        use_lora = self.lora if self.lora != "auto" else n_params >= LORA_AUTO_PARAMS
+        values = np.full(len(data), np.nan)
+        details = [""] * len(data)
+        snapshot = None if use_lora else WeightSnapshot(list(model.model.parameters()))
+        try:
+            for k, (fold, rows, train) in enumerate(plan):
+                seed = (int(ctx.seed) * 1000 + k) & 0x7FFF_FFFF_FFFF
+                with _trainable(model.model, use_lora, seed) as trainable:
+                    train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
+                                  batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
+                    handle = model.derive(trainable, name=f"{model.name} [{self.spec} {fold}]",
+                                          fingerprint=derived_fingerprint(model, self.spec, fold, ctx.seed,
+                                                                          train.content_hash, prompt))
+                    subset = data if len(rows) == len(data) else data.subset(rows)
+                    values[rows] = ctx.scorer.per_sample(metric, handle, subset)
+                if snapshot is not None:
+                    snapshot.restore()
+                for i in rows:
+                    details[i] = fold
+        finally:
+            if snapshot is not None:
+                snapshot.restore()
+        sizes = [len(t) for _, _, t in plan]
+        notes = [f"relearn: {self.steps} AdamW step(s) of {self.batch_size} sample(s) at lr {self.lr:g} per fold, "
+                 f"{'LoRA r=8' if use_lora else 'full fine-tuning'}, answer-only loss; "
+                 + ("each forget fold scored after training on the other folds" if self.on == "forget"
+                    else f"trained on {self.on}, every sample scored")]
+        if self.steps * self.batch_size < min(sizes):
+            notes.append(f"relearn: less than one epoch ({self.steps * self.batch_size} samples seen of "
+                         f"{min(sizes)}); the paper relearns for one full epoch")
+        outcome = AttackOutcome(values, {"training_steps": self.steps * len(plan)}, details, None, notes)
+        _store(ctx, key, outcome)
+        return outcome
