@@ -112,30 +112,38 @@ def stats_from_logits(logits: "torch.Tensor", encoded: Sequence["Encoded"], idx:
     """Fill ``out[i]`` with the token statistics of sample ``i`` from the batch's logits.
 
     ``logits[:, -keep:]`` with left padding: the prediction of the last answer token
-    sits at position ``keep - 2``, that of the first at ``keep - 1 - n_answer``.
+    sits at position ``keep - 2``, that of the first at ``keep - 1 - n_answer``.  All
+    answer positions of the batch are gathered into one ``(positions, vocab)`` tensor
+    and reduced together.
     """
     import torch
 
     keep = logits.shape[1]
+    rows, cols, targets, lengths = [], [], [], []
     for r, i in enumerate(idx):
         enc = encoded[i]
         n = enc.n_answer
-        lg = logits[r, keep - 1 - n: keep - 1].float()
-        target = torch.tensor(enc.input_ids[enc.answer_start:], device=lg.device)
-        logp = torch.log_softmax(lg, dim=-1)
-        lp = logp.gather(-1, target[:, None])[:, 0]
-        correct = lg.argmax(-1) == target
-        p = logp.exp()
-        plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
-        mu = plogp.sum(-1)
-        second = torch.where(p > 0, p * logp * logp, torch.zeros_like(p)).sum(-1)
-        sigma = (second - mu * mu).clamp(min=0).sqrt()
-        out[i] = {
-            "logprob": lp.double().cpu().numpy(),
-            "correct": correct.cpu().numpy(),
-            "mu": mu.double().cpu().numpy(),
-            "sigma": sigma.double().cpu().numpy(),
-        }
+        rows += [r] * n
+        cols += range(keep - 1 - n, keep - 1)
+        targets += enc.input_ids[enc.answer_start:]
+        lengths.append(n)
+    device = logits.device
+    lg = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float()
+    target = torch.tensor(targets, device=device)
+    logp = torch.log_softmax(lg, dim=-1)
+    lp = logp.gather(-1, target[:, None])[:, 0]
+    correct = lg.argmax(-1) == target
+    p = logp.exp()
+    plogp = torch.nan_to_num(p * logp)  # 0 * -inf = 0 for tokens of probability 0
+    mu = plogp.sum(-1)
+    second = torch.nan_to_num(plogp * logp).sum(-1)
+    sigma = (second - mu * mu).clamp(min=0).sqrt()
+    arrays = {"logprob": lp.double().cpu().numpy(), "correct": correct.cpu().numpy(),
+              "mu": mu.double().cpu().numpy(), "sigma": sigma.double().cpu().numpy()}
+    bounds = np.cumsum(lengths)[:-1]
+    split = {k: np.split(v, bounds) for k, v in arrays.items()}
+    for r, i in enumerate(idx):
+        out[i] = {k: split[k][r] for k in split}
 
 
 def teacher_forced_stats(model, encoded: Sequence["Encoded"], *, pad_token_id: int,
