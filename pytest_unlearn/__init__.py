@@ -35,6 +35,18 @@ _EXPORTS = {
     "ForgettingResult": "assertions",
     "RetentionResult": "assertions",
     "UnlearnWarning": "assertions",
+    "audit_metrics": "audit",
+    "assert_metric_robust": "audit",
+    "AuditResult": "audit",
+    "compare_methods": "method_comparison",
+    "ComparisonResult": "method_comparison",
+    "assert_no_regression": "baselines",
+    "RegressionResult": "baselines",
+    "BaselineError": "baselines",
+    "BaselineStore": "baselines",
+    "find_leak": "leak_search",
+    "assert_no_leak_found": "leak_search",
+    "LeakSearchResult": "leak_search",
 }
 
 
