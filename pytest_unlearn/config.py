@@ -53,6 +53,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_pickle", "bool", "allow loading pickle-based weights (.bin, .pt): they can run code"),
     Option("trust_remote_code", "bool", "allow running model code shipped with a checkpoint"),
     Option("progress", "bool", "show progress bars for forward passes, attacks and calibration"),
+    Option("update_baselines", "bool", "write or refresh the regression baselines (unlearn-baselines/*.json) "
+           "instead of comparing with them"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -106,6 +108,7 @@ class Settings:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     progress: bool = False
+    update_baselines: bool = False
 
     def __post_init__(self) -> None:
         for opt in OPTIONS:
