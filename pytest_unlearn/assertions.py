@@ -143,12 +143,23 @@ def _as_list(under_attack) -> list:
     return list(under_attack)
 
 
+def _safe_repr(value) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(name: str, value) -> float:
     import math
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    number = float(value)
+        raise ConfigError(f"{name} must be a number, got {_safe_repr(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):  # an array, a huge int, ...
+        raise ConfigError(f"{name} must be a single float-sized number, got {_safe_repr(value)}") from None
     if math.isnan(number):
         raise ConfigError(f"{name} must be a number, got NaN")
     return number
@@ -158,7 +169,8 @@ def _check_threshold(m: "Metric", threshold) -> float:
     t = _number("threshold", threshold)
     if not m.in_range(t):
         raise ConfigError(f"threshold {t:g} is outside the range of {m.name} "
-                          f"[{m.lower_bound:g}, {m.upper_bound:g}] ({m.direction})")
+                          f"[{m.lower_bound:g}, {m.upper_bound:g}] ({m.direction}); give a threshold in "
+                          "that range")
     return t
 
 
@@ -167,7 +179,11 @@ def _check_reduce(reduce: str) -> str:
 
     if not isinstance(reduce, str):
         raise ConfigError(f"reduce must be 'mean', 'max', 'min', 'median' or a quantile like 'q90', got {reduce!r}")
-    reduce_scores([0.0], reduce)  # raises ConfigError for anything else
+    try:
+        reduce_scores([0.0], reduce)  # raises ConfigError for anything else
+    except ValueError:  # a "digit" float() cannot read, such as 'q²'
+        raise ConfigError(f"reduce must be 'mean', 'max', 'min', 'median' or a quantile like 'q90', "
+                          f"got {reduce!r}") from None
     return reduce.strip().lower()
 
 
@@ -295,7 +311,8 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     dataset = suite.data(data)
     record.update(metric=m.name, direction=m.direction, higher_is_more_knowledge=m.higher_is_more_knowledge,
                   threshold=threshold, reduce=reduce, under_attack=list(attacks),
-                  attack_specs=[a.spec for a in attacks.values()], data=_data_info(dataset))
+                  attack_specs=[a.spec for a in attacks.values()], data=_data_info(dataset),
+                  seed=suite.settings.seed)
     if calibrate is not None:
         tau = DEFAULT_TAU if calibrate is True else _check_fraction("calibrate (tau)", calibrate, inclusive_one=True)
         cal = suite.calibrate(tau=tau, model=model)
@@ -312,6 +329,10 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
         controls["original"] = suite.original
     if suite.reference is not None:
         controls["reference"] = suite.reference
+    from .models import check_same_tokenizer
+
+    for role, control in controls.items():  # per-token scores compare only under one tokenizer
+        check_same_tokenizer(handle, control, f"its scores cannot be compared with the {role} model's")
 
     # -- score everything (memoised by model fingerprint, so a model in two roles runs once)
     memo: dict[tuple, tuple] = {}
@@ -504,8 +525,11 @@ def _retained(suite: Suite, record: dict, metric, min_ratio, model, data) -> Ret
     dataset = suite.data(data, default="retain")
     handle = suite.model(model)
     original = suite.original
+    from .models import check_same_tokenizer
+
+    check_same_tokenizer(handle, original, "its retain score cannot be compared with the original's")
     record.update(metric=m.name, direction=m.direction, higher_is_more_knowledge=m.higher_is_more_knowledge,
-                  data=_data_info(dataset), model=_model_info(handle), reduce="mean")
+                  data=_data_info(dataset), model=_model_info(handle), reduce="mean", seed=suite.settings.seed)
     before = suite.scorer.cost.as_dict()
     mv = np.asarray(suite.scorer.per_sample(m, handle, dataset), dtype=np.float64)
     ov = mv if original.fingerprint == handle.fingerprint else \

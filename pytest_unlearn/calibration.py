@@ -101,6 +101,12 @@ def check_compatible(original, unlearned) -> None:
     first mismatching tensor), same structural config, same tokenizer vocabulary."""
     m_o = getattr(original, "model", original)
     m_u = getattr(unlearned, "model", unlearned)
+    tok_o, tok_u = getattr(original, "tokenizer", None), getattr(unlearned, "tokenizer", None)
+    if tok_o is not None and tok_u is not None and tok_o is not tok_u:
+        if len(tok_o) != len(tok_u) or tok_o.get_vocab() != tok_u.get_vocab():
+            raise ModelMismatchError("cannot mix the models: their tokenizers have different vocabularies "
+                                     f"({len(tok_o)} vs {len(tok_u)} tokens); mixing needs the model the "
+                                     "unlearned one was made from, with the same tokenizer")
     t_o, t_u = _model_type(m_o), _model_type(m_u)
     if t_o != t_u:
         raise ModelMismatchError(f"cannot mix models of different architectures: the original is "
@@ -123,11 +129,6 @@ def check_compatible(original, unlearned) -> None:
         if v_o is not None and v_u is not None and v_o != v_u:
             raise ModelMismatchError(f"cannot mix the models: config {key} is {v_o} in the original "
                                      f"but {v_u} in the unlearned model")
-    tok_o, tok_u = getattr(original, "tokenizer", None), getattr(unlearned, "tokenizer", None)
-    if tok_o is not None and tok_u is not None and tok_o is not tok_u:
-        if len(tok_o) != len(tok_u) or tok_o.get_vocab() != tok_u.get_vocab():
-            raise ModelMismatchError("cannot mix the models: their tokenizers have different vocabularies "
-                                     f"({len(tok_o)} vs {len(tok_u)} tokens)")
 
 
 def mix_into(working_model, original_params, unlearned_params, alpha: float) -> None:
@@ -338,7 +339,12 @@ def calibrate(original: "ModelHandle", unlearned: "ModelHandle", retain: "Datase
         scorer = Scorer(cache=cache, progress=progress)
     if cache is None:
         cache = getattr(scorer, "cache", None) or ResultCache(None)
-    check_compatible(original, unlearned)
+    try:
+        check_compatible(original, unlearned)
+    except ModelMismatchError as exc:  # name the two checkpoints: the user may not know which is which
+        raise ModelMismatchError(f"calibrating the {getattr(unlearned, 'name', 'unlearned')} model "
+                                 f"({getattr(unlearned, 'source', '?')}) by mixing it with the original "
+                                 f"({getattr(original, 'source', '?')}): {exc}") from exc
     workspace = _workspace if _workspace is not None else _Workspace(device)
     final_name = f"{unlearned.name}@uwc(tau={tau:g})"
 

@@ -32,6 +32,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from dataclasses import field as _field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Tuple
@@ -67,6 +68,8 @@ class Dataset:
     kind: str  # "qa" or "text"
     name: str = "data"  # role: "forget", "retain", "holdout", ...
     source: str = "<memory>"
+    # where each row came from ("line 7", "record 3"), for messages; None when unknown
+    locations: Optional[list] = _field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -110,8 +113,10 @@ class Dataset:
 
     def subset(self, positions: Iterable[int]) -> "Dataset":
         """The rows at ``positions`` (in that order), with the same kind, name and source."""
-        frame = self.frame.iloc[list(positions)].reset_index(drop=True)
-        return Dataset(frame, self.kind, name=self.name, source=self.source)
+        positions = list(positions)
+        frame = self.frame.iloc[positions].reset_index(drop=True)
+        locations = None if self.locations is None else [self.locations[i] for i in positions]
+        return Dataset(frame, self.kind, name=self.name, source=self.source, locations=locations)
 
     def has(self, column: str) -> bool:
         """Whether ``column`` is present and non-null in every row."""
@@ -344,7 +349,7 @@ def _build(rows: list, path: str, role: str | None, *, name: str, source: str) -
     out = [make_row(record, set(columns), path, where) for (where, _), record in zip(rows, records)]
     known = [c for c in (QA_FIELDS if kind == "qa" else TEXT_FIELDS) if c in out[0]]
     frame = pd.DataFrame(out, columns=known + [c for c in columns if c not in known])
-    dataset = Dataset(frame, kind, name=name, source=source)
+    dataset = Dataset(frame, kind, name=name, source=source, locations=[_label(where) for where, _ in rows])
     for note in _notes(dataset, [where for where, _ in rows], path):
         warnings.warn(note, DataWarning, stacklevel=3)  # at the caller of load_dataset
     return dataset

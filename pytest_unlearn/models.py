@@ -45,6 +45,8 @@ MEMO_MIN_SIZE = 2**20      # smaller files are hashed every time
 MEMO_RACY_SECONDS = 2.0    # a file modified this recently may change again within one mtime tick
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_HINT = "opt in with allow_pickle=True (pytest: --unlearn-allow-pickle) if you trust it"
+ADAPTER_HINT = ("; apply the adapter to the model it was trained from (unlearn_original / "
+                "--unlearn-original, or base= in load_model)")
 
 
 @dataclass(eq=False)
@@ -333,7 +335,9 @@ def _check_finite(model, source: str) -> None:
             if not param.is_floating_point() or bool(torch.isfinite(param.sum())):
                 continue  # a finite sum proves every element finite, and is much faster
             if not bool(torch.isfinite(param).all()):  # not just an overflowing sum
-                raise ModelLoadError(f"{source}: weight tensor '{name}' contains NaN or inf values")
+                raise ModelLoadError(f"{source}: weight tensor '{name}' contains NaN or inf values; the "
+                                     "checkpoint is broken (did training diverge?): save it again from a "
+                                     "healthy step")
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -462,12 +466,12 @@ def _check_adapter_shapes(folder: pathlib.Path, base_model, base_source: str) ->
             module = modules.get(name)
             if module is None:
                 raise ModelMismatchError(f"adapter {folder} targets module '{name}', which the base "
-                                         f"model {base_source} does not have")
+                                         f"model {base_source} does not have{ADAPTER_HINT}")
             expected = getattr(module, attr, None)
             if expected is not None and expected != shape[axis]:
                 raise ModelMismatchError(
                     f"adapter {folder} does not fit base model {base_source}: '{name}' has "
-                    f"{attr}={expected} but the adapter expects {shape[axis]}")
+                    f"{attr}={expected} but the adapter expects {shape[axis]}{ADAPTER_HINT}")
 
 
 def _load_adapter(folder: pathlib.Path, base, device, dtype, allow_pickle, trust_remote_code):
@@ -502,7 +506,7 @@ def _load_adapter(folder: pathlib.Path, base, device, dtype, allow_pickle, trust
         model = peft_model.merge_and_unload()
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ModelMismatchError(f"adapter {folder} does not fit base model {base.source}: "
-                                 f"{_describe(exc)}") from exc
+                                 f"{_describe(exc)}{ADAPTER_HINT}") from exc
     except Exception as exc:
         raise ModelLoadError(f"{folder}: cannot apply the PEFT adapter: {_describe(exc)}") from exc
     has_tokenizer = any((folder / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json"))
@@ -553,3 +557,26 @@ def handle_from_objects(model, tokenizer, *, name: str = "model", source: str = 
         tokenizer.pad_token = tokenizer.eos_token
     return ModelHandle(model=model, tokenizer=tokenizer, fingerprint=weights_fingerprint(model, tokenizer),
                        name=name, source=source)
+
+
+def check_same_tokenizer(a: ModelHandle, b: ModelHandle, why: str = "") -> None:
+    """Raise :class:`ModelMismatchError` unless ``a`` and ``b`` have the same vocabulary (token ->
+    id).  Per-token scores of two models are only comparable when they split the answers into
+    the same tokens, so a comparison (a control, a ratio, a mix) needs this."""
+    ta, tb = a.tokenizer, b.tokenizer
+    if ta is tb:
+        return
+    va, vb = ta.get_vocab(), tb.get_vocab()
+    if va == vb:
+        return
+    token = next((t for t, i in va.items() if vb.get(t) != i), None)
+    if token is None:
+        token = next(t for t in vb if t not in va)
+    ia, ib = va.get(token), vb.get(token)
+    example = (f"; e.g. token {token!r} is {'absent' if ia is None else f'id {ia}'} in the first and "
+               f"{'absent' if ib is None else f'id {ib}'} in the second")
+    raise ModelMismatchError(
+        f"the {a.name} model ({a.source}) and the {b.name} model ({b.source}) have different tokenizers "
+        f"({len(va)} vs {len(vb)} tokens{example})" + (f": {why}" if why else "")
+        + ". Save the unlearned model with the original's tokenizer (tokenizer.save_pretrained into "
+        "its folder), or compare it with models that share its tokenizer")

@@ -155,7 +155,7 @@ def encode(tokenizer, fmt: PromptFormat, parts: Sequence[PromptParts], *, max_le
     scoring what remains would be a false pass.
     """
     out: list[Encoded] = []
-    n_truncated = 0
+    n_truncated, first_truncated = 0, ""
     for i, p in enumerate(parts):
         name = sample_names[i] if sample_names is not None else f"sample {i}"
         context = render_context(tokenizer, fmt, p)
@@ -176,10 +176,12 @@ def encode(tokenizer, fmt: PromptFormat, parts: Sequence[PromptParts], *, max_le
         if truncated:
             ctx_ids = ctx_ids[len(ctx_ids) + len(ans_ids) - max_length:]
             n_truncated += 1
+            first_truncated = first_truncated or name
         out.append(Encoded(list(ctx_ids) + list(ans_ids), len(ctx_ids), truncated, context, answer))
     if n_truncated:
         warnings.warn(TruncationWarning(
             f"{n_truncated} of {len(parts)} prompts were longer than the model's context of "
-            f"{max_length} tokens and were cut from the left; answers are scored in full"
+            f"{max_length} tokens and were cut from the left (first: {first_truncated}); answers are "
+            "scored in full, but the model did not see the start of those prompts"
         ), stacklevel=2)
     return out

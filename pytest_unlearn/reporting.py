@@ -152,7 +152,10 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, bool)):
         return value
     if hasattr(value, "item"):  # numpy scalars
-        return jsonable(value.item())
+        try:
+            return jsonable(value.item())
+        except (TypeError, ValueError):  # an array (of other than one element)
+            pass
     return str(value)
 
 
@@ -227,6 +230,10 @@ def summary_lines(assertions: list[dict], calibrations: list[dict]) -> list[str]
         rows += [["", ""] + r for r in extra]
     lines = table(rows, ["test", "check", "attack", "score", "original", "threshold", "verdict"],
                   right=(3, 4)) if rows else []
+    seeds = sorted({str(r["seed"]) for r in assertions if r.get("seed") is not None})
+    if seeds:  # the one number that reproduces every attack and bootstrap of this run
+        lines.insert(0, f"seed {', '.join(seeds)} (unlearn_seed / --unlearn-seed): attacks and bootstrap "
+                        "bounds are reproducible with it")
     for cal in calibrations:
         lines.append(
             f"calibration ({cal.get('metric')}, tau={fmt(cal.get('tau'))}): alpha={fmt(cal.get('alpha'))}, "

@@ -9,7 +9,9 @@ size, device and dtype), so a second run, or a second metric on the same data,
 does no forward pass again.
 
 A metric that comes out NaN for any sample raises :class:`MetricError` naming the
-sample: a gate must never pass on what remains.
+sample: a gate must never pass on what remains.  So does a NaN or +inf logit at any real
+token position (in the teacher-forced pass or while generating), which would otherwise
+read as "the model does not predict the answer", i.e. as forgotten.
 """
 
 from __future__ import annotations
@@ -73,6 +75,55 @@ def _ids_digest(encoded) -> str:
     return h.hexdigest()
 
 
+def _sample_names(dataset: "Dataset") -> list[str]:
+    """``path sample <id> (line 7)``: the file, the sample id and, when known, where it came from."""
+    where = getattr(dataset, "locations", None)
+    if where is None or len(where) != len(dataset):
+        return [f"{dataset.source} sample {sid}" for sid in dataset.ids]
+    return [f"{dataset.source} sample {sid} ({loc})" for sid, loc in zip(dataset.ids, where)]
+
+
+def _model_label(handle) -> str:
+    name = getattr(handle, "name", "model")
+    return f"the {'' if name == 'model' else name + ' '}model ({getattr(handle, 'source', '<memory>')})"
+
+
+def _finite_logits(logits_fn: Callable | None, bad_rows: list) -> Callable:
+    """Wrap a ``logits_fn`` (default :func:`~pytest_unlearn.forward.answer_logits`) so that every
+    batch row with a NaN or +inf logit at a real (non-padding) position is noted in ``bad_rows``
+    (as its unpadded token ids).  A -inf logit (a token made impossible) is legitimate."""
+    from .forward import answer_logits
+
+    fn = logits_fn or answer_logits
+
+    def checked(model, ids, mask, pos, keep):
+        import torch
+
+        logits = fn(model, ids, mask, pos, keep)
+        real = mask[:, -logits.shape[1]:].bool()
+        broken = ~torch.isfinite(logits.amax(-1)) & real  # amax propagates NaN and +inf
+        for r in torch.nonzero(broken.any(-1)).flatten().tolist():
+            bad_rows.append(tuple(ids[r][mask[r].bool()].tolist()))
+        return logits
+
+    return checked
+
+
+def _nonfinite_step_hook(flag: list) -> Callable:
+    """A forward hook noting (in ``flag``) a NaN or +inf next-token logit during generation."""
+    def hook(module, args, output):
+        import torch
+
+        logits = getattr(output, "logits", None)
+        if flag or logits is None or not torch.is_tensor(logits) or logits.dim() != 3:
+            return None
+        if not bool(torch.isfinite(logits[:, -1, :].amax(-1)).all()):
+            flag.append(True)
+        return None
+
+    return hook
+
+
 class Scorer:
     """Computes metrics; shared by the assertions, calibration, attacks and notebooks."""
 
@@ -110,9 +161,19 @@ class Scorer:
         pad = handle.tokenizer.pad_token_id
         if pad is None:
             pad = handle.tokenizer.eos_token_id or 0
+        bad_rows: list[tuple[int, ...]] = []
         stats = teacher_forced_stats(handle.model, encoded, pad_token_id=pad,
                                      batch_size=self._batch_size(handle), progress=self.progress,
-                                     logits_fn=logits_fn)
+                                     logits_fn=_finite_logits(logits_fn, bad_rows))
+        if bad_rows:  # never cache, never score: a NaN logit would read as "wrong token" (ES 0)
+            where = {tuple(e.input_ids): i for i, e in enumerate(encoded)}
+            bad = sorted({where[r] for r in bad_rows if r in where}) or [0]
+            first = names[bad[0]] if names is not None else f"sample {bad[0]}"
+            raise MetricError(
+                f"{_model_label(handle)} produced NaN or inf logits for {len(bad)} of "
+                f"{len(encoded)} samples (first: {first}); scores computed from them would be meaningless "
+                "(a NaN logit reads as 'wrong token', i.e. as forgotten), so no verdict can be given. Check "
+                "the weights for overflow, or load in float32 (unlearn_dtype / --unlearn-dtype float32)")
         bs = self.batch_size or 8
         self.cost.forward_passes += -(-len(encoded) // bs)
         self.cost.seconds += time.perf_counter() - t0
@@ -132,10 +193,22 @@ class Scorer:
             self.cost.cached += 1
             return [str(s) for s in hit["text"]]
         t0 = time.perf_counter()
-        texts = greedy_generate(handle.model, handle.tokenizer,
-                                [e.input_ids[:e.answer_start] for e in encoded],
-                                [e.n_answer for e in encoded], batch_size=self.batch_size,
-                                progress=self.progress and "generating")
+        bad: list[bool] = []
+        hook = handle.model.register_forward_hook(_nonfinite_step_hook(bad))
+        try:
+            texts = greedy_generate(handle.model, handle.tokenizer,
+                                    [e.input_ids[:e.answer_start] for e in encoded],
+                                    [e.n_answer for e in encoded], batch_size=self.batch_size,
+                                    progress=self.progress and "generating")
+        finally:
+            hook.remove()
+        if bad:
+            first = f" of {names[0].rsplit(' sample ', 1)[0]}" if names else ""
+            raise MetricError(
+                f"{_model_label(handle)} produced NaN or inf logits while generating "
+                f"answers to {len(encoded)} prompts{first}; the generated text (and any metric on it) would "
+                "be meaningless, so no verdict can be given. Check the weights for overflow, or load in "
+                "float32 (unlearn_dtype / --unlearn-dtype float32)")
         self.cost.generations += -(-len(encoded) // (self.batch_size or 8))
         self.cost.seconds += time.perf_counter() - t0
         self.cache.put(key, {"text": np.array(texts, dtype=str)})
@@ -147,7 +220,7 @@ class Scorer:
                    variant: str = "") -> np.ndarray:
         """One score per sample of ``dataset`` (``parts`` overrides the prompts)."""
         m = get_metric(metric)
-        names = [f"{dataset.source} sample {sid}" for sid in dataset.ids]
+        names = _sample_names(dataset)
         parts = list(parts) if parts is not None else dataset_parts(dataset)
         if m.source == "forward":
             stats = self.token_stats(handle, parts, names=names, logits_fn=logits_fn, variant=variant)

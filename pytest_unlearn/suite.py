@@ -236,8 +236,10 @@ class Suite:
                               f"{len(dataset)} samples of {dataset.source}")
         bad = np.flatnonzero(np.isnan(values))
         if len(bad):
+            where = getattr(dataset, "locations", None)
+            first = f"sample {dataset.ids[bad[0]]}" + (f", {where[bad[0]]}" if where else "")
             raise AttackError(f"attack {attack.spec!r} left {len(bad)} of {len(values)} samples of "
-                              f"{dataset.source} unscored (NaN; first: sample {dataset.ids[bad[0]]}) on the "
+                              f"{dataset.source} unscored (NaN; first: {first}) on the "
                               f"{handle.name} model, so no verdict can be given")
         outcome.values = values
         return outcome
