@@ -29,12 +29,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .atomic import write_text_atomically
 from .errors import ConfigError, UnlearningAssertionError
 
 if TYPE_CHECKING:
@@ -250,25 +250,6 @@ def read_baseline(path: str | os.PathLike, shown: str | None = None) -> dict:
         if not isinstance(doc.get(key), kind):
             raise BaselineError(f"baseline {shown} has no {key!r} object; refresh it with {UPDATE_HINT}")
     return doc
-
-
-def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------- the result

@@ -14,13 +14,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__
+from .atomic import write_bytes_atomically
 
 _CHECK = "__checksum__"
 
@@ -90,16 +90,4 @@ class ResultCache:
         payload[_CHECK] = np.array(_checksum(arrays))
         buf = io.BytesIO()
         np.savez(buf, **payload)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_bytes_atomically(path, buf.getvalue())

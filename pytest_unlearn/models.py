@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from .atomic import write_text_atomically
 from .errors import ConfigError, ModelLoadError, ModelMismatchError
 
 if TYPE_CHECKING:
@@ -184,10 +185,7 @@ def _write_memo(path: pathlib.Path, updates: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         memo = _read_memo(path)
         memo.update(updates)
-        fd, tmp = tempfile.mkstemp(prefix=".file-digests.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(memo, fh)
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps(memo), mode=0o600)
     except OSError:
         pass
 

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from .atomic import write_text_atomically
+
 __all__ = ["render", "write_markdown", "main"]
 
 FINGERPRINT_CHARS = 12
@@ -477,9 +479,7 @@ def write_markdown(report_path, out_path, *, plots: bool = True) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     text = render(report, source=os.path.relpath(report_path, out_path.parent), out_dir=out_path.parent,
                   stem=out_path.stem, plots=plots)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out_path)
+    write_text_atomically(out_path, text)
     return out_path
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Iterable
+
+from .atomic import write_text_atomically
 
 __all__ = ["Recorder", "active_recorder", "record_assertion", "calibration_record",
            "sort_records",
@@ -269,18 +270,4 @@ def build_report(recorder: Recorder, settings: dict, *, version: str, workers: l
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as JSON atomically (a temporary file moved into place)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".unlearn-report-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text_atomically(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")

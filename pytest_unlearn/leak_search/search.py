@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..atomic import write_text_atomically
 from ..errors import ConfigError
 from ..prompts import PromptParts, TruncationWarning, dataset_parts, render_context
 from ..suite import Suite, current_suite
@@ -567,8 +568,6 @@ def _write_marker(root: Path, key: str, search: SampleSearch, parts: PromptParts
                "question": parts.question}
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(payload, default=str), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps(payload, default=str))
     except OSError:  # a read-only cache must not turn a finding into an error
         pass
