@@ -119,7 +119,8 @@ class AuditResult:
       ``original_before`` / ``original_after`` (the control), ``uninformative``,
       ``surface`` (a prompt-level attack: the slope criterion applies), ``direction``.
     * ``ranking``: one row per metric, best first: ``mean_pcc`` (NaN counted as 0),
-      ``min_pcc``, ``mean_abs_slope_dev`` (surface attacks, else all), ``rows``, ``nan_rows``.
+      ``min_pcc``, ``mean_abs_slope_dev`` (surface attacks, else all), ``rows``, ``nan_rows``,
+      over the attack/split rows that every metric has.
     * ``recommendation``: the first metric of the ranking.
     """
 
@@ -705,10 +706,18 @@ def audit_metrics(original, checkpoints, forget, retain, metrics: Sequence[str] 
     for r in scores[scores["note"] != ""].itertuples():
         notes.append(f"{r.checkpoint}, {r.metric} on {r.split} under {r.attack}: {r.note}")
     table = _table(scores, ms, attack_objs, splits, attack_is_uninformative)
-    ranking = _ranking(table, [m.name for m in ms])
+    ranking = _ranking(table, [m.name for m in ms], notes)
     recommendation = None
     if len(ranking) and np.isfinite(ranking.iloc[0]["mean_pcc"]) and ranking.iloc[0]["rows"] > ranking.iloc[0]["nan_rows"]:
         recommendation = str(ranking.iloc[0]["metric"])
+    for r in table[table["pcc"].isna()].itertuples():
+        if r.n >= 2:
+            after = scores[(scores["role"] == "checkpoint") & (scores["metric"] == r.metric)
+                           & (scores["split"] == r.split) & (scores["attack"] == r.attack)]["value"]
+            side = "after" if after.nunique() <= 1 else "before"
+            notes.append(f"{r.metric} under {r.attack} on {r.split}: PCC undefined, every checkpoint scores the same "
+                         f"{side} the attack{f' ({_f(after.iloc[0])})' if side == 'after' and len(after) else ''}; "
+                         "counted as PCC 0 in the ranking")
     for r in table[table["uninformative"]].itertuples():
         notes.append(f"{r.attack} is uninformative for {r.metric} on {r.split}: it also wipes out the original's "
                      f"knowledge ({_f(r.original_before)} -> {_f(r.original_after)})")
@@ -773,13 +782,29 @@ def _table(scores, ms, attack_objs, splits, uninformative_fn) -> "pd.DataFrame":
     return table
 
 
-def _ranking(table, metric_names: list[str]) -> "pd.DataFrame":
+def _ranking(table, metric_names: list[str], notes: list[str] | None = None) -> "pd.DataFrame":
+    """One row per metric, best first.  Metrics are compared on the same footing: only the
+    attack/split rows that every ranked metric has count (``truth_ratio`` without perturbed
+    answers on one split would otherwise be ranked on fewer, perhaps easier, rows)."""
     import numpy as np
     import pandas as pd
 
+    present = [n for n in metric_names if (table["metric"] == n).any()]
+    pairs = {n: set(zip(table.loc[table["metric"] == n, "attack"], table.loc[table["metric"] == n, "split"]))
+             for n in present}
+    common = set.intersection(*pairs.values()) if pairs else set()
+    if pairs and not common:
+        common = set.union(*pairs.values())
+        if notes is not None:
+            notes.append("the metrics share no attack/split row: each is ranked on its own rows")
+    elif notes is not None and any(p != common for p in pairs.values()):
+        notes.append(f"metrics are ranked on the {len(common)} attack/split rows they all have "
+                     f"({', '.join(f'{a}/{s}' for a, s in sorted(common))}); rows some metrics lack are in the "
+                     "table but not in the ranking")
     rows = []
-    for name in metric_names:
+    for name in present:
         t = table[table["metric"] == name]
+        t = t[[(a, s) in common for a, s in zip(t["attack"], t["split"])]]
         if t.empty:
             continue
         pcc = t["pcc"].to_numpy(dtype=np.float64)

@@ -102,6 +102,20 @@ def test_ranking_breaks_pcc_ties_by_slope():
     assert ranking.set_index("metric").loc["b", "mean_abs_slope_dev"] == pytest.approx(0.05)  # surface only
 
 
+def test_ranking_uses_the_rows_every_metric_has():
+    import pandas as pd
+
+    rows = [("tr", "paraphrase", "forget", 0.99), ("es", "paraphrase", "forget", 0.95),
+            ("es", "paraphrase", "retain", 0.10), ("prob", "paraphrase", "forget", 0.90),
+            ("prob", "paraphrase", "retain", 0.99)]
+    table = pd.DataFrame([{"metric": m, "attack": a, "split": s, "pcc": p, "slope": 1.0, "surface": True}
+                          for m, a, s, p in rows])
+    notes = []
+    ranking = _ranking(table, ["es", "prob", "tr"], notes)
+    assert list(ranking["metric"]) == ["tr", "es", "prob"] and (ranking["rows"] == 1).all()
+    assert any("ranked on the 1 attack/split rows they all have (paraphrase/forget)" in n for n in notes)
+
+
 def test_split_attack_list():
     assert split_attack_list("paraphrase,quantize:4") == ["paraphrase", "quantize:4"]
     assert split_attack_list("relearn:steps=5,lr=1e-4,paraphrase,logit_lens:layers=1,2") == \
