@@ -170,6 +170,28 @@ class AuditResult:
                  & (s["split"] == split)]
         return rows.set_index("checkpoint")["value"].rename(f"{metric}:{split}:{attack}")
 
+    def without(self, checkpoints: Sequence[str]) -> "AuditResult":
+        """The same audit re-fitted without some checkpoints (no model is run again): to see
+        how much a PCC rests on a few extreme models, e.g. ones the unlearning broke."""
+        from types import SimpleNamespace
+
+        from .metrics import get_metric
+
+        drop = set(checkpoints)
+        unknown = drop - {c["name"] for c in self.checkpoints}
+        if unknown:
+            raise KeyError(f"not checkpoints of this audit: {', '.join(sorted(unknown))}")
+        scores = self.scores[~((self.scores["role"] == "checkpoint") & self.scores["checkpoint"].isin(drop))]
+        scores = scores.reset_index(drop=True)
+        ms = [get_metric(m) for m in self.metrics]
+        surface = self.table.groupby("attack")["surface"].first().to_dict()
+        kinds = [(a, SimpleNamespace(kind="prompt" if surface.get(a) else "weight")) for a in self.attacks]
+        table, ranking, recommendation, notes = _summarise(scores, ms, kinds, self.splits)
+        kept = [c for c in self.checkpoints if c["name"] not in drop]
+        notes = [f"re-fitted without {', '.join(sorted(drop))}"] + notes
+        return AuditResult(scores, table, ranking, recommendation, kept, list(self.metrics), list(self.attacks),
+                           list(self.splits), self.seed, notes, self.seconds)
+
     # -------------------------------------------------------- output
     def to_markdown(self) -> str:
         """The recommendation, the ranking, the full table and the notes, as Markdown."""
@@ -599,7 +621,7 @@ def audit_metrics(original, checkpoints, forget, retain, metrics: Sequence[str] 
     import numpy as np
     import pandas as pd
 
-    from .attacks import AttackContext, attack_is_uninformative, parse_attack
+    from .attacks import AttackContext
     from .models import load_model
 
     started = time.perf_counter()
@@ -705,6 +727,19 @@ def audit_metrics(original, checkpoints, forget, retain, metrics: Sequence[str] 
                                          "seconds", "note"])
     for r in scores[scores["note"] != ""].itertuples():
         notes.append(f"{r.checkpoint}, {r.metric} on {r.split} under {r.attack}: {r.note}")
+    table, ranking, recommendation, fit_notes = _summarise(scores, ms, attack_objs, splits)
+    return AuditResult(scores, table, ranking, recommendation, infos, [m.name for m in ms],
+                       [label for label, _ in attack_objs], splits, int(seed), _dedupe(notes + fit_notes),
+                       round(time.perf_counter() - started, 3))
+
+
+def _summarise(scores, ms, attack_objs, splits):
+    """Table, ranking, recommendation and the notes about them, from the per-model scores."""
+    import numpy as np
+
+    from .attacks import attack_is_uninformative
+
+    notes: list[str] = []
     table = _table(scores, ms, attack_objs, splits, attack_is_uninformative)
     ranking = _ranking(table, [m.name for m in ms], notes)
     recommendation = None
@@ -721,9 +756,7 @@ def audit_metrics(original, checkpoints, forget, retain, metrics: Sequence[str] 
     for r in table[table["uninformative"]].itertuples():
         notes.append(f"{r.attack} is uninformative for {r.metric} on {r.split}: it also wipes out the original's "
                      f"knowledge ({_f(r.original_before)} -> {_f(r.original_after)})")
-    return AuditResult(scores, table, ranking, recommendation, infos, [m.name for m in ms],
-                       [label for label, _ in attack_objs], splits, int(seed), _dedupe(notes),
-                       round(time.perf_counter() - started, 3))
+    return table, ranking, recommendation, notes
 
 
 def _labelled_attacks(attacks) -> list[tuple[str, Any]]:

@@ -183,6 +183,20 @@ def test_recommendation_is_the_highest_mean_pcc(audit):
     assert f"Recommended metric: `{audit.recommendation}`" in md and "| metric | attack | split | PCC |" in md
 
 
+def test_without_refits_on_the_remaining_checkpoints(audit, world):
+    dropped = world.checkpoints[0].name
+    refit = audit.without([dropped])
+    assert [c["name"] for c in refit.checkpoints] == [c["name"] for c in audit.checkpoints[1:]]
+    assert (refit.table["n"] == len(world.checkpoints) - 1).all()
+    r = refit.row("es", "paraphrase", "forget")
+    x = audit.before("es", "forget").drop(dropped)
+    y = audit.after("es", "paraphrase", "forget").reindex(x.index)
+    assert r["pcc"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-9)
+    assert list(refit.table["surface"]) == list(audit.table["surface"])
+    with pytest.raises(KeyError, match="nope"):
+        audit.without(["nope"])
+
+
 def test_plot_and_save(audit, tmp_path):
     pytest.importorskip("matplotlib")
     path = audit.plot(tmp_path / "one.png", metrics=["es", "prob"])
