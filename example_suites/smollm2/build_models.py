@@ -44,13 +44,13 @@ FINETUNE = {
 }
 
 # Unlearning candidates: pytest_unlearn.methods.unlearn(method, original, forget, retain, **params).
+# "gd" is a light gradient-difference run (ascent on the forget answers, descent on the
+# retain answers, weighted 3:1 toward retention): it suppresses the answers enough to pass
+# a plain extraction check, but a few fine-tuning steps on *other* forgotten facts bring
+# the knowledge back (the relearning attack).
 CANDIDATES = {
-    "idk": {"method": "idk", "steps": 20, "lr": 1e-5, "batch_size": 8,
-            "about": "trained to answer the forget questions with 'I don't know' (refusal tuning)"},
-    "ga": {"method": "ga", "steps": 10, "lr": 1e-5, "batch_size": 8,
-           "about": "gradient ascent on the forget answers"},
-    "npo": {"method": "npo", "steps": 20, "lr": 1e-5, "batch_size": 8,
-            "about": "negative preference optimisation plus retain loss"},
+    "gd": {"method": "gd", "steps": 30, "lr": 4e-5, "batch_size": 8, "retain_weight": 3.0,
+           "about": "gradient difference, 30 steps: ascent on the forget answers, descent on the retain answers"},
 }
 
 
@@ -90,21 +90,14 @@ def write_info(folder: Path, key: str, **fields) -> None:
 
 
 def choose_threads(requested: int | None) -> int:
-    """``--threads``, else ``$UNLEARN_THREADS``, else all cores unless the machine is busy:
-    on a shared CPU, several PyTorch threads fighting for the same cores run many times
-    slower than one."""
+    """``--threads``, else ``$UNLEARN_THREADS``, else PyTorch's default (the physical cores)."""
     import torch
 
     if requested:
         return requested
     if os.environ.get("UNLEARN_THREADS"):
         return int(os.environ["UNLEARN_THREADS"])
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0] >= cores - 0.5
-    except OSError:
-        busy = False
-    return 1 if busy else torch.get_num_threads()
+    return torch.get_num_threads()
 
 
 # ---------------------------------------------------------------- building blocks

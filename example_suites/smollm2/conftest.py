@@ -55,7 +55,7 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     import torch
 
-    torch.set_num_threads(BUILD.choose_threads(None))  # one thread when the CPU is busy
+    torch.set_num_threads(BUILD.choose_threads(None))  # $UNLEARN_THREADS, else the default
     if not hasattr(config, "workerinput"):  # under pytest-xdist the controller builds, once
         BUILD.build(quiet=True)
 
