@@ -289,14 +289,11 @@ def _pyplot():
     return Figure, FigureCanvasAgg
 
 
-def _attack_plots(groups: dict, labels: dict, out_dir: Path, stem: str,
-                  reference_fingerprint: str | None = None) -> dict[str, str]:
-    """One grouped bar chart per (metric, threshold): each model's score under each condition."""
-    mpl = _pyplot()
-    if mpl is None:
-        return {}
-    Figure, FigureCanvasAgg = mpl
-    # (metric, threshold) -> {model label: {condition: score}}, plus controls
+def attack_panels(groups: dict, labels: dict, reference_fingerprint: str | None = None) -> dict[tuple, dict]:
+    """The data of the attack charts: (metric, threshold, higher_is_more_knowledge) ->
+    {"models": {label: {condition: score}}, "original": {condition: score},
+    "reference": {condition: score}, "conditions": [...]}; a multi-condition assertion
+    adds its worst case per sample under ``WORST``."""
     panels: dict[tuple, dict] = {}
     for key, records in groups.items():
         for rec in records:
@@ -314,11 +311,22 @@ def _attack_plots(groups: dict, labels: dict, out_dir: Path, stem: str,
                 if cond not in panel["conditions"]:
                     panel["conditions"].append(cond)
                 scores[cond] = _num(row.get("score"))
-            if len(rows) > 1:
-                scores[WORST] = _num(rec.get("score"))
                 for role in ("original", "reference"):
                     if _num(row.get(role)) is not None:
                         panel[role][cond] = _num(row.get(role))
+            if len(rows) > 1:
+                scores[WORST] = _num(rec.get("score"))
+    return panels
+
+
+def _attack_plots(groups: dict, labels: dict, out_dir: Path, stem: str,
+                  reference_fingerprint: str | None = None) -> dict[str, str]:
+    """One grouped bar chart per (metric, threshold): each model's score under each condition."""
+    mpl = _pyplot()
+    if mpl is None:
+        return {}
+    Figure, FigureCanvasAgg = mpl
+    panels = attack_panels(groups, labels, reference_fingerprint)
     written = {}
     for (metric, threshold, higher), panel in panels.items():
         conds = panel["conditions"] + ([WORST] if any(WORST in v for v in panel["models"].values()) else [])

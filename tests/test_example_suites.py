@@ -144,4 +144,13 @@ def test_smollm2_suite_gives_the_expected_verdicts(tmp_path):
     shutil.copytree(source, suite, ignore=SKIP)
     (suite / ".models").symlink_to(source / ".models", target_is_directory=True)
     report = _check_suite_run(suite, timeout=3600)
-    _check_markdown(suite, report)
+    by_test = {r["test"]: r for r in report["assertions"]}
+    naive = by_test["test_release_gate.py::test_forget_set_not_extracted[gd]"]
+    attacked = by_test["test_release_gate.py::test_forget_set_not_extracted_under_attack[gd]"]
+    assert naive["verdict"] == "pass" and attacked["verdict"] == "fail"
+    leaks = [row["attack"] for row in attacked["attacks"] if row["verdict"] == "leak"]
+    assert leaks and all(a != "none" for a in leaks), attacked["attacks"]
+    retrain = by_test["test_release_gate.py::test_forget_set_not_extracted_under_attack[retrain]"]
+    assert retrain["verdict"] == "pass"
+    md = _check_markdown(suite, report)
+    assert "### Model gd" in md
