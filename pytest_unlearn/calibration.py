@@ -198,6 +198,11 @@ class _Workspace:
     def handle(self, original: "ModelHandle", unlearned: "ModelHandle", alpha: float,
                name: str) -> "ModelHandle":
         if self.model is None:
+            from .models import require_one_device
+
+            for source in (original, unlearned):
+                require_one_device(source.model, f"calibration (mixing {source.name} {source.source} into a "
+                                                  "working copy of the weights)")
             model = copy.deepcopy(unlearned.model)
             if self.device is not None:
                 model.to(self.device)

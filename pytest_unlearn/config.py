@@ -44,7 +44,7 @@ OPTIONS: tuple[Option, ...] = (
            "PATH"),
     Option("prompt", "str", "prompt format: chat (the tokenizer's chat template; default when it has "
            "one), plain, or a format string such as 'Question: {question}\\nAnswer:'", "FORMAT"),
-    Option("device", "str", "auto (default), cpu, cuda or cuda:N", "DEVICE"),
+    Option("device", "str", "auto (default), cpu, cuda, cuda:N, or sharded (device_map=auto over all GPUs)", "DEVICE"),
     Option("dtype", "str", "auto (default), float32, bfloat16 or float16", "DTYPE"),
     Option("batch_size", "int", "batch size of forward passes (default chosen by the library)", "N"),
     Option("seed", "int", "seed of every stochastic step (attacks, bootstrap); default 0", "N"),

@@ -14,6 +14,8 @@ The attention mask comes from the real sequence lengths (never from
 ``input_ids != pad_token_id``: the pad token is often the end-of-turn token that also
 appears inside prompts), and position ids are counted from each sequence's start.
 Samples are batched in order of length for less padding; results come back in input order.
+A batch that runs out of device memory is run again in smaller batches
+(:func:`~pytest_unlearn.batching.run_batches`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,39 @@ class TokenStats:
 
 
 def default_batch_size(device) -> int:
+    """The starting batch size when none is given: 32 on CUDA, 8 elsewhere (on an
+    out-of-memory error it is halved, see :mod:`pytest_unlearn.batching`)."""
     return 32 if getattr(device, "type", str(device)) == "cuda" else 8
+
+
+def input_device(model) -> "torch.device":
+    """The device the model's inputs go to: that of its input embeddings.
+
+    For a model spread over several devices (``device_map``), this is the execution device
+    accelerate gave the embedding layer; its parameters may sit elsewhere (offloaded).
+    """
+    import torch
+
+    emb = None
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        try:
+            emb = getter()
+        except (NotImplementedError, AttributeError):
+            emb = None
+    if emb is not None:
+        hook = getattr(emb, "_hf_hook", None)
+        for h in [hook, *getattr(hook, "hooks", ())]:
+            device = getattr(h, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+        weight = getattr(emb, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.device.type != "meta":
+            return weight.device
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -156,9 +190,12 @@ def teacher_forced_stats(model, encoded: Sequence["Encoded"], *, pad_token_id: i
     """
     import torch
 
-    device = next(model.parameters()).device
+    from .batching import run_batches, workload_key
+
+    device = input_device(model)
     batch_size = batch_size or default_batch_size(device)
-    batches = length_sorted_batches([len(e.input_ids) for e in encoded], batch_size)
+    lengths = [len(e.input_ids) for e in encoded]
+    batches = length_sorted_batches(lengths, batch_size)
     results: dict[int, dict[str, np.ndarray]] = {}
     iterator = batches
     if progress:
@@ -166,9 +203,13 @@ def teacher_forced_stats(model, encoded: Sequence["Encoded"], *, pad_token_id: i
         iterator = tqdm(batches, desc=progress if isinstance(progress, str) else "scoring",
                         unit="batch", leave=False)
     fn = logits_fn or answer_logits
+
+    def work(idx: list[int]) -> None:
+        ids, mask, pos = left_padded(encoded, idx, pad_token_id, device)
+        keep = max(encoded[i].n_answer for i in idx) + 1
+        stats_from_logits(fn(model, ids, mask, pos, keep), encoded, idx, results)
+
     with torch.inference_mode():
-        for idx in iterator:
-            ids, mask, pos = left_padded(encoded, idx, pad_token_id, device)
-            keep = max(encoded[i].n_answer for i in idx) + 1
-            stats_from_logits(fn(model, ids, mask, pos, keep), encoded, idx, results)
+        run_batches(iterator, work, widths=lengths, device=device,
+                    key=workload_key("forward", model, device), what="the teacher-forced pass")
     return TokenStats(**{f: [results[i][f] for i in range(len(encoded))] for f in STAT_FIELDS})

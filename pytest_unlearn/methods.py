@@ -82,6 +82,9 @@ class _Run:
         self.dtype = handle.dtype
         self.fmt = parse_prompt_format(prompt, handle.tokenizer)
         self.pad = pad_id(handle.tokenizer)
+        from .models import require_one_device
+
+        require_one_device(handle.model, f"training a copy of {handle.name} ({handle.source})")
         model = copy.deepcopy(handle.model)
         if self.device.type == "cpu" and self.dtype != torch.float32:
             model.float()

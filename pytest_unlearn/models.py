@@ -10,6 +10,11 @@ refused unless the user opts in with ``allow_pickle=True``; likewise model code 
 a checkpoint runs only with ``trust_remote_code=True``.  Every foreseeable failure is a
 :class:`~pytest_unlearn.errors.ModelLoadError` or ``ModelMismatchError`` naming the path.
 
+A model larger than one GPU is spread over the visible GPUs (CPU memory taking what does
+not fit) with accelerate's ``device_map="auto"``: on request (``device="sharded"``), or with
+``device="auto"`` on CUDA when its weights would take more than
+:data:`DEVICE_MAP_FRACTION` of the GPU's free memory (:func:`needs_device_map`).
+
 Hashing a multi-GB checkpoint on every run would be slow, so the digest of each large file is
 memoised by (path, size, mtime, inode) in ``file-digests.json`` under the user cache dir
 (``$PYTEST_UNLEARN_CACHE_DIR``, else ``~/.cache/pytest-unlearn``).
@@ -25,6 +30,7 @@ import os
 import pathlib
 import re
 import shutil
+import struct
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +52,10 @@ MEMO_MIN_SIZE = 2**20      # smaller files are hashed every time
 MEMO_RACY_SECONDS = 2.0    # a file modified this recently may change again within one mtime tick
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_HINT = "opt in with allow_pickle=True (pytest: --unlearn-allow-pickle) if you trust it"
+DEVICE_MAP_FRACTION = 0.9  # device="auto" spreads a model whose weights exceed this share of a GPU's free memory
+DEVICE_SPECS = "auto, cpu, cuda, cuda:N or sharded"
+ONE_DEVICE_HINT = ("load the model on one device (unlearn_device / --unlearn-device cuda:N or cpu, "
+                   "with a smaller unlearn_dtype if it does not fit)")
 ADAPTER_HINT = ("; apply the adapter to the model it was trained from (unlearn_original / "
                 "--unlearn-original, or base= in load_model)")
 
@@ -63,7 +73,16 @@ class ModelHandle:
 
     @property
     def device(self) -> "torch.device":
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the input embeddings (also for a device-mapped model)."""
+        from .forward import input_device
+
+        return input_device(self.model)
+
+    @property
+    def device_map(self) -> dict | None:
+        """accelerate's placement (module name -> device) of a model spread over several devices
+        or offloaded; ``None`` for a model on one device (also when ``sharded`` put it all on one)."""
+        return device_map_of(self.model)
 
     @property
     def dtype(self) -> "torch.dtype":
@@ -127,17 +146,18 @@ class ModelHandle:
 # --- devices and dtypes -------------------------------------------------------------------
 
 def resolve_device(spec: str = "auto") -> "torch.device":
-    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``; ``sharded``
+    (spread with ``device_map="auto"``) resolves to where the inputs go: cuda when available."""
     import torch
 
     text = str(spec or "auto").strip().lower()
-    if text == "auto":
+    if text in ("auto", "sharded"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text == "cpu":
         return torch.device("cpu")
     kind, _, index = text.partition(":")
     if kind != "cuda" or (index and not index.isdigit()):
-        raise ConfigError(f"invalid device {spec!r}: use auto, cpu, cuda or cuda:N "
+        raise ConfigError(f"invalid device {spec!r}: use {DEVICE_SPECS} "
                           "(ini key unlearn_device, flag --unlearn-device)")
     if not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r} requested but CUDA is not available "
@@ -315,10 +335,12 @@ def _refuse_pickle(path: pathlib.Path) -> ModelLoadError:
                           f"can run arbitrary code. Convert it to safetensors, or {PICKLE_HINT}.")
 
 
-def _finish(model, tokenizer, device, dtype, source: str):
-    """Eval mode, device/dtype, finite weights, a pad token."""
+def _finish(model, tokenizer, device, dtype, source: str, placed: bool = False):
+    """Eval mode, device/dtype, finite weights, a pad token.  A model loaded with a device map
+    (``placed``) stays where accelerate put it (it was loaded in ``dtype``)."""
     model.eval()
-    model.to(device=device, dtype=dtype)
+    if not placed and device_map_of(model) is None:
+        model.to(device=device, dtype=dtype)
     _check_finite(model, source)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -328,14 +350,155 @@ def _finish(model, tokenizer, device, dtype, source: str):
 def _check_finite(model, source: str) -> None:
     import torch
 
+    offloaded = _offloaded_weights(model)
     with torch.no_grad():
         for name, param in model.named_parameters():
+            if param.device.type == "meta":  # offloaded by accelerate: check the stored copy
+                param = offloaded(name)
+                if param is None:
+                    continue
             if not param.is_floating_point() or bool(torch.isfinite(param.sum())):
                 continue  # a finite sum proves every element finite, and is much faster
             if not bool(torch.isfinite(param).all()):  # not just an overflowing sum
                 raise ModelLoadError(f"{source}: weight tensor '{name}' contains NaN or inf values; the "
                                      "checkpoint is broken (did training diverge?): save it again from a "
                                      "healthy step")
+
+
+def _offloaded_weights(model):
+    """``name -> tensor`` for parameters accelerate offloaded (on the meta device, the
+    weights held by the module's hook); ``None`` when not found."""
+    hooks = {}
+    for mod_name, module in model.named_modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in [hook, *getattr(hook, "hooks", ())]:
+            weights = getattr(h, "weights_map", None)
+            if weights is not None:
+                hooks[mod_name] = weights
+
+    def lookup(name: str):
+        mod_name, _, local = name.rpartition(".")
+        while True:
+            weights = hooks.get(mod_name)
+            if weights is not None:
+                try:
+                    return weights[local]
+                except (KeyError, IndexError, OSError):
+                    return None
+            if not mod_name:
+                return None
+            mod_name, _, head = mod_name.rpartition(".")
+            local = f"{head}.{local}"
+
+    return lookup
+
+
+# --- spreading a model over devices (accelerate device_map) -------------------------------
+
+def device_map_of(model) -> dict | None:
+    """accelerate's ``hf_device_map`` of a model loaded with a device map, else ``None``."""
+    device_map = getattr(model, "hf_device_map", None)
+    return device_map if isinstance(device_map, dict) and device_map else None
+
+
+def spread_over_devices(model) -> bool:
+    """Whether the model's weights sit on more than one device or are offloaded (parameters on
+    the meta device): then it can be run, but not copied or changed in place reliably."""
+    device_map = device_map_of(model)
+    if device_map is not None:
+        places = {str(v) for v in device_map.values()}
+        if len(places) > 1 or "disk" in places:
+            return True
+    return any(p.device.type == "meta" for p in model.parameters())
+
+
+def require_one_device(model, what: str) -> None:
+    """Raise :class:`ConfigError` when ``model`` is spread over devices (see
+    :func:`spread_over_devices`) and ``what`` needs it on one."""
+    if model is not None and spread_over_devices(model):
+        device_map = device_map_of(model) or {}
+        places = sorted({str(v) for v in device_map.values()}) or ["meta (offloaded)"]
+        raise ConfigError(f"{what} needs the model's weights on one device, but this model is spread over "
+                          f"{', '.join(places)} (device_map, from unlearn_device = sharded or a model too large "
+                          f"for one GPU under unlearn_device = auto); {ONE_DEVICE_HINT}")
+
+
+def require_in_memory(model, what: str) -> None:
+    """Raise :class:`ConfigError` when some of ``model``'s weights are offloaded (parameters on
+    the meta device, the values held by accelerate's hooks): ``what`` changes weights in place."""
+    names = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if names:
+        raise ConfigError(f"{what} changes the weights in place, but {len(names)} weight tensor(s) of this model "
+                          f"are offloaded by accelerate (e.g. '{names[0]}'; device_map with CPU or disk offload) "
+                          "and cannot be changed there; load the model so that it fits in GPU memory (more GPUs, "
+                          f"or a smaller unlearn_dtype), or {ONE_DEVICE_HINT}")
+
+
+def needs_device_map(weight_bytes: int, free_bytes: int, fraction: float = DEVICE_MAP_FRACTION) -> bool:
+    """Whether weights of ``weight_bytes`` should be spread over devices rather than put on a
+    GPU with ``free_bytes`` free: when they exceed ``fraction`` of it (the rest is left for
+    activations)."""
+    return int(weight_bytes) > fraction * int(free_bytes)
+
+
+_SAFETENSORS_FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def weights_bytes(files: Iterable[pathlib.Path], dtype) -> int:
+    """Bytes the weights in safetensors ``files`` take in memory once floating tensors are cast
+    to ``dtype`` (read from the file headers; the file size where a header is unreadable)."""
+    import torch
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                start, end = info["data_offsets"]
+                if info["dtype"] in _SAFETENSORS_FLOATS:
+                    numel = 1
+                    for d in info["shape"]:
+                        numel *= int(d)
+                    total += numel * itemsize
+                else:
+                    total += int(end) - int(start)
+        except (OSError, ValueError, KeyError, TypeError, struct.error):
+            try:
+                total += pathlib.Path(path).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def _free_gpu_bytes(device) -> int:
+    import torch
+
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
+def _auto_device_map(folder: pathlib.Path, device, dtype) -> bool:
+    """``device="auto"`` on CUDA: spread the model when its weights do not fit one GPU."""
+    if getattr(device, "type", None) != "cuda":
+        return False
+    files = sorted(folder.glob("*.safetensors"))
+    if not files or (folder / "adapter_config.json").is_file():
+        return False
+    try:
+        free = _free_gpu_bytes(device)
+    except Exception:  # noqa: BLE001 - no memory figure: keep the model on one device
+        return False
+    return needs_device_map(weights_bytes(files, dtype), free)
+
+
+def device_map_kwargs() -> dict:
+    """``from_pretrained`` arguments of a spread load: accelerate places the modules over all
+    visible GPUs, then CPU memory (``device_map="auto"``)."""
+    return {"device_map": "auto"}
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -371,13 +534,16 @@ def _check_remote_code(folder: pathlib.Path, trust_remote_code: bool) -> None:
                              "it runs only with trust_remote_code=True, if you trust it")
 
 
-def _load_folder(folder: pathlib.Path, device, dtype, allow_pickle: bool, trust_remote_code: bool):
+def _load_folder(folder: pathlib.Path, device, dtype, allow_pickle: bool, trust_remote_code: bool,
+                 spread: bool = False):
     from transformers import AutoModelForCausalLM
 
     weights = sorted(folder.glob("*.safetensors"))
     pickles = _pickle_files(folder)
     ggufs = sorted(folder.glob("*.gguf"))
     if not weights and not pickles and len(ggufs) == 1:
+        if spread:
+            raise _gguf_not_spread(ggufs[0])
         return _load_gguf(ggufs[0], device, dtype)
     if not weights and not pickles:
         raise ModelLoadError(f"{folder}: no model weights found (expected *.safetensors with a "
@@ -394,16 +560,24 @@ def _load_folder(folder: pathlib.Path, device, dtype, allow_pickle: bool, trust_
         raise ModelLoadError(f"{folder}: no config.json next to the weights; save the model with "
                              "save_pretrained(), or point at the folder that has config.json")
     _check_remote_code(folder, trust_remote_code)
+    placement = device_map_kwargs() if spread else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(folder), use_safetensors=weights[0].suffix == ".safetensors",
-            trust_remote_code=trust_remote_code, **_dtype_kwarg(dtype))
+            trust_remote_code=trust_remote_code, **_dtype_kwarg(dtype), **placement)
     except Exception as exc:
-        raise ModelLoadError(f"{folder}: cannot load the model: {_describe(exc)}") from exc
+        how = " with device_map='auto' (unlearn_device sharded)" if spread else ""
+        raise ModelLoadError(f"{folder}: cannot load the model{how}: {_describe(exc)}") from exc
     tokenizer = _load_tokenizer(folder, folder, trust_remote_code=trust_remote_code)
     files = set(weights) | set(_sidecars(folder))
     fingerprint = _files_fingerprint("folder", folder, files, [("dtype", str(dtype))])
     return model, tokenizer, fingerprint
+
+
+def _gguf_not_spread(path: pathlib.Path) -> ConfigError:
+    return ConfigError(f"{path}: a .gguf model is loaded on one device; device sharded (device_map) needs a "
+                       "Hugging Face model folder with safetensors weights (set unlearn_device / "
+                       "--unlearn-device to auto, cpu or cuda:N)")
 
 
 def _gguf_architecture(path: pathlib.Path) -> str:
@@ -488,6 +662,7 @@ def _load_adapter(folder: pathlib.Path, base, device, dtype, allow_pickle, trust
     if not isinstance(base, ModelHandle):
         base = load_model(base, device=str(device), dtype=str(dtype).removeprefix("torch."),
                           allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, name="original")
+    require_one_device(base.model, f"applying the PEFT adapter {folder} (to a copy of its base model {base.source})")
     if not (folder / "adapter_model.safetensors").is_file():
         pickles = _pickle_files(folder)
         if pickles and not allow_pickle:
@@ -519,14 +694,26 @@ def _load_adapter(folder: pathlib.Path, base, device, dtype, allow_pickle, trust
 def load_model(path, *, base: ModelHandle | str | None = None, device: str = "auto",
                dtype: str = "auto", allow_pickle: bool = False, trust_remote_code: bool = False,
                name: str | None = None) -> ModelHandle:
-    """Load a model folder, ``.gguf`` file or PEFT adapter folder (on ``base``) as a handle."""
+    """Load a model folder, ``.gguf`` file or PEFT adapter folder (on ``base``) as a handle.
+
+    ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``sharded`` (accelerate's
+    ``device_map="auto"``: over all visible GPUs, then CPU memory; on a machine without a
+    GPU, on the CPU).  With ``auto`` on CUDA, a model folder whose weights exceed
+    :data:`DEVICE_MAP_FRACTION` of the GPU's free memory is spread the same way.
+    """
+    spec = str(device or "auto").strip().lower()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     target = pathlib.Path(os.path.expanduser(str(path)))
     base_opt_ins: tuple[str, ...] = ()
     if not target.exists():
         raise ModelLoadError(f"{target}: no such file or folder")
+    spread = spec == "sharded"
+    if spec == "auto" and target.is_dir():
+        spread = _auto_device_map(target, torch_device, torch_dtype)
     if target.is_file():
+        if target.suffix == ".gguf" and spread:
+            raise _gguf_not_spread(target)
         if target.suffix == ".gguf":
             model, tokenizer, fingerprint = _load_gguf(target, torch_device, torch_dtype)
         elif target.suffix in PICKLE_SUFFIXES and not allow_pickle:
@@ -536,11 +723,12 @@ def load_model(path, *, base: ModelHandle | str | None = None, device: str = "au
                                  "folder (config.json + *.safetensors), a .gguf file or a PEFT adapter folder")
     elif (target / "adapter_config.json").is_file():
         model, tokenizer, fingerprint, base_opt_ins = _load_adapter(
-            target, base, torch_device, torch_dtype, allow_pickle, trust_remote_code)
+            target, base, spec if spec == "sharded" else torch_device, torch_dtype, allow_pickle,
+            trust_remote_code)
     else:
         model, tokenizer, fingerprint = _load_folder(target, torch_device, torch_dtype,
-                                                     allow_pickle, trust_remote_code)
-    _finish(model, tokenizer, torch_device, torch_dtype, str(target))
+                                                     allow_pickle, trust_remote_code, spread)
+    _finish(model, tokenizer, torch_device, torch_dtype, str(target), placed=spread)
     opt_ins = [o for o, on in (("allow_pickle", allow_pickle), ("trust_remote_code", trust_remote_code)) if on]
     opt_ins += [o for o in base_opt_ins if o not in opt_ins]
     return ModelHandle(model=model, tokenizer=tokenizer, fingerprint=fingerprint,

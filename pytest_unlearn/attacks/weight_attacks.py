@@ -215,7 +215,10 @@ class Quantize(Attack):
     def _run(self, metric, model, data, ctx):
         import torch
 
+        from ..models import require_in_memory
+
         self._check_bnb(model)
+        require_in_memory(model.model, f"attack {self.spec}")
         key = _outcome_key(self, metric, model, data, ctx)
         hit = _cached(ctx, key)
         if hit is not None:
@@ -367,6 +370,9 @@ class Relearn(Attack):
         return [(path.name, np.arange(n), load_dataset(path, name="relearn"))]
 
     def _run(self, metric, model, data, ctx):
+        from ..models import require_in_memory
+
+        require_in_memory(model.model, f"attack {self.spec}")
         plan = self._plan(data, ctx)
         prompt = ctx.scorer.prompt_format(model).spec
         key = _outcome_key(self, metric, model, data, ctx, [t.content_hash for _, _, t in plan])
