@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from .errors import ConfigError, UnlearnError
 from .prompts import Encoded, dataset_parts, encode, parse_prompt_format
 from .registry import Registry
-from .training import TrainBatch, collate, pad_id, seeded_batches, sequence_nll
+from .training import MasterAdamW, TrainBatch, collate, pad_id, seeded_batches, sequence_nll
 
 if TYPE_CHECKING:
     import torch
@@ -129,7 +129,7 @@ class _Run:
             p.requires_grad_(False)
         for p in trainable:
             p.requires_grad_(True)
-        opt = _MasterAdamW(trainable, lr)
+        opt = MasterAdamW(trainable, lr, weight_decay=WEIGHT_DECAY, max_grad_norm=MAX_GRAD_NORM)
         warmup = max(1, round(WARMUP_FRACTION * steps))
         iterator = range(steps)
         if progress:
@@ -168,37 +168,6 @@ class _Run:
         if out_dir is not None:
             handle.save(out_dir)
         return handle
-
-
-class _MasterAdamW:
-    """AdamW with gradient clipping; half-precision parameters get float32 master copies."""
-
-    def __init__(self, params: list, lr: float):
-        import torch
-
-        self.params = params
-        self.master = [p.detach().float().clone() if p.dtype != torch.float32 else p for p in params]
-        self.opt = torch.optim.AdamW(self.master, lr=lr, weight_decay=WEIGHT_DECAY)
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
-    def step(self, lr: float) -> None:
-        import torch
-
-        for p, m in zip(self.params, self.master):
-            if m is not p:
-                m.grad = None if p.grad is None else p.grad.float()
-        torch.nn.utils.clip_grad_norm_(self.master, MAX_GRAD_NORM)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        self.opt.step()
-        with torch.no_grad():
-            for p, m in zip(self.params, self.master):
-                if m is not p:
-                    p.copy_(m)
-                    m.grad = None
 
 
 def summed_nll(model, batch: TrainBatch) -> "torch.Tensor":

@@ -71,3 +71,40 @@ def pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+class MasterAdamW:
+    """AdamW with gradient clipping where half-precision parameters get float32 master
+    copies (and float32 optimizer state): updates of size ``lr`` are mostly below the
+    resolution of bfloat16/float16 weights and would round away.  For float32 parameters
+    it is plain AdamW on the parameters themselves, with the gradients clipped to
+    ``max_grad_norm``."""
+
+    def __init__(self, params: list, lr: float, *, weight_decay: float, max_grad_norm: float):
+        import torch
+
+        self.params = params
+        self.lr = lr
+        self.max_grad_norm = max_grad_norm
+        self.master = [p.detach().float().clone() if p.dtype != torch.float32 else p for p in params]
+        self.opt = torch.optim.AdamW(self.master, lr=lr, weight_decay=weight_decay)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self, lr: float | None = None) -> None:
+        import torch
+
+        for p, m in zip(self.params, self.master):
+            if m is not p:
+                m.grad = None if p.grad is None else p.grad.float()
+        torch.nn.utils.clip_grad_norm_(self.master, self.max_grad_norm)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr if lr is None else lr
+        self.opt.step()
+        with torch.no_grad():
+            for p, m in zip(self.params, self.master):
+                if m is not p:
+                    p.copy_(m)
+                    m.grad = None

@@ -272,15 +272,16 @@ def as_lora(value):
 def train_answers(model, handle: "ModelHandle", train: "Dataset", ctx: AttackContext, *, steps: int,
                   lr: float, batch_size: int, seed: int, desc: str = "relearn") -> None:
     """AdamW on the answer-only NLL of ``train`` (encoded exactly as for scoring), seeded;
-    gradients clipped to norm 1; the parameters that require grad are trained."""
+    gradients clipped to norm 1; the parameters that require grad are trained (half-precision
+    ones through float32 master copies, so that small updates do not round away)."""
     import torch
 
-    from ..training import collate, pad_id, seeded_batches, sequence_nll
+    from ..training import MasterAdamW, collate, pad_id, seeded_batches, sequence_nll
 
     encoded = ctx.scorer.encode(handle, dataset_parts(train))
     device = handle.device
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = MasterAdamW(params, lr, weight_decay=0.0, max_grad_norm=1.0)
     batches = seeded_batches(len(encoded), batch_size, steps, seed)
     if ctx.progress:
         from tqdm.auto import tqdm
@@ -291,9 +292,8 @@ def train_answers(model, handle: "ModelHandle", train: "Dataset", ctx: AttackCon
         try:
             for idx in batches:
                 loss = sequence_nll(model, collate(encoded, idx, pad_id(handle.tokenizer), device)).mean()
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
         finally:
             model.eval()
