@@ -3,8 +3,10 @@
 Wiring only: options (:mod:`.config`), session fixtures (a :class:`~pytest_unlearn.suite.Suite`),
 hooks that move each assertion's record onto the test's ``user_properties``, merge the
 records of pytest-xdist workers on the controller, print the summary and write the JSON
-report (:mod:`.reporting`).  Importing this module imports neither torch, transformers,
-numpy nor pandas, and a run that uses none of its fixtures or assertions prints nothing.
+report (:mod:`.reporting`).  Under ``torchrun`` every rank runs the session, the scoring is
+sharded (:mod:`.distributed`), and rank 0 alone prints the summary and writes the reports.
+Importing this module imports neither torch, transformers, numpy nor pandas, and a run that
+uses none of its fixtures or assertions prints nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 # before anything imports it; its frames are hidden from tracebacks as well
 pytest.register_assert_rewrite("pytest_unlearn.assertions")
 
-from . import __version__, reporting  # noqa: E402
+from . import __version__, distributed, reporting  # noqa: E402
 from .config import add_options, missing, settings_from_config  # noqa: E402
 from .errors import UnlearnError  # noqa: E402
 
@@ -48,7 +50,8 @@ class UnlearnState:
             settings = self.settings
             cache = getattr(self.config, "cache", None)
             cache_dir = None if settings.no_cache or cache is None else cache.mkdir("unlearn")
-            self._suite = Suite(settings, cache_dir=cache_dir)
+            # under torchrun: the process group, and this rank's device
+            self._suite = Suite(distributed.session_settings(settings), cache_dir=cache_dir)
             self._suite.calibration_listeners.append(
                 lambda result, handle: self.recorder.add_calibration(reporting.calibration_record(result, handle)))
         return self._suite
@@ -101,6 +104,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     reporting.pop_recorder(state.recorder)
     if state._suite is not None:
         state._suite.close()
+    distributed.teardown()
 
 
 # ---------------------------------------------------------------- fixtures
@@ -169,6 +173,10 @@ def calibrated_model(unlearn):
     return _checked(lambda: unlearn.calibrate().model)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    distributed.leave_report_files_to_rank0(session.config)
+
+
 # ---------------------------------------------------------------- per test
 
 @pytest.hookimpl(hookwrapper=True)
@@ -206,6 +214,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if _is_worker(config):  # send plain data to the controller, which reports
         config.workeroutput["unlearn"] = state.recorder.to_workeroutput()
         return
+    if not distributed.is_main_process():  # torchrun: rank 0 reports
+        return
     if state._settings is None or not state._settings.report:
         return
     report = reporting.build_report(state.recorder, state._settings.to_dict(), version=__version__,
@@ -228,7 +238,7 @@ def pytest_testnodedown(node, error) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     state = _state(config)
-    if state is None or _is_worker(config) or state.recorder.empty:
+    if state is None or _is_worker(config) or state.recorder.empty or not distributed.is_main_process():
         return
     terminalreporter.write_sep("=", "unlearning summary")
     for line in reporting.summary_lines(state.recorder.assertions, state.recorder.calibrations):
@@ -312,7 +322,7 @@ class BaselineHooks:
             self.store.narrowed = True  # a worker crashed or stopped early: not every test ran
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config: pytest.Config) -> None:
-        if _is_worker(config):
+        if _is_worker(config) or not distributed.is_main_process():
             return
         lines = self.store.summary_lines(complete=self.complete)
         if lines:

@@ -12,6 +12,11 @@ A metric that comes out NaN for any sample raises :class:`MetricError` naming th
 sample: a gate must never pass on what remains.  So does a NaN or +inf logit at any real
 token position (in the teacher-forced pass or while generating), which would otherwise
 read as "the model does not predict the answer", i.e. as forgotten.
+
+Under ``torchrun`` (see :mod:`~pytest_unlearn.distributed` and docs/distributed.md) the
+teacher-forced pass and batched generation are split over the ranks by whole length-sorted
+batches and gathered, with results identical to one process; the result cache is then read
+and written by rank 0 alone.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from . import distributed
 from .cache import ResultCache, cache_key
 from .errors import MetricError
-from .forward import TokenStats, teacher_forced_stats
+from .forward import STAT_FIELDS, TokenStats, default_batch_size, teacher_forced_stats
 from .metrics import Metric, get_metric, reduce_scores
 from .prompts import PromptFormat, PromptParts, dataset_parts, encode, parse_prompt_format
 
@@ -135,6 +141,16 @@ class Scorer:
         self.progress = progress
         self.cost = Cost()
 
+    @property
+    def cache(self) -> ResultCache:
+        """The result cache; under sharded evaluation, rank 0's view of it (read and written by
+        rank 0 alone, see :class:`~pytest_unlearn.distributed.SharedCache`)."""
+        return distributed.shared_cache(self._cache) if distributed.active() else self._cache
+
+    @cache.setter
+    def cache(self, value: ResultCache) -> None:
+        self._cache = value
+
     # ------------------------------------------------------------ building blocks
     def prompt_format(self, handle: "ModelHandle") -> PromptFormat:
         return parse_prompt_format(self.prompt, handle.tokenizer)
@@ -162,9 +178,12 @@ class Scorer:
         if pad is None:
             pad = handle.tokenizer.eos_token_id or 0
         bad_rows: list[tuple[int, ...]] = []
-        stats = teacher_forced_stats(handle.model, encoded, pad_token_id=pad,
-                                     batch_size=self._batch_size(handle), progress=self.progress,
-                                     logits_fn=_finite_logits(logits_fn, bad_rows))
+        if distributed.active():
+            stats = self._sharded_stats(handle, encoded, pad, logits_fn, bad_rows, key)
+        else:
+            stats = teacher_forced_stats(handle.model, encoded, pad_token_id=pad,
+                                         batch_size=self._batch_size(handle), progress=self.progress,
+                                         logits_fn=_finite_logits(logits_fn, bad_rows))
         if bad_rows:  # never cache, never score: a NaN logit would read as "wrong token" (ES 0)
             where = {tuple(e.input_ids): i for i, e in enumerate(encoded)}
             bad = sorted({where[r] for r in bad_rows if r in where}) or [0]
@@ -180,6 +199,25 @@ class Scorer:
         self.cache.put(key, stats.to_flat())
         return stats
 
+    def _sharded_stats(self, handle, encoded, pad: int, logits_fn, bad_rows: list, key: str) -> TokenStats:
+        """:func:`teacher_forced_stats` split over the ranks by whole length-sorted batches, gathered
+        (the same on every rank, bit for bit what one process computes); ``bad_rows`` collects
+        the rows with non-finite logits of every rank."""
+        batch_size = self._batch_size(handle) or default_batch_size(handle.device)
+
+        def compute(rows: list[int]):
+            bad: list[tuple[int, ...]] = []
+            part = teacher_forced_stats(handle.model, [encoded[i] for i in rows], pad_token_id=pad,
+                                        batch_size=batch_size,
+                                        progress=self.progress and distributed.is_main_process(),
+                                        logits_fn=_finite_logits(logits_fn, bad))
+            return [part.sample(j) for j in range(len(rows))], bad
+
+        samples, bad = distributed.run_sharded(f"token statistics {key[:16]} ({len(encoded)} samples)",
+                                               [len(e.input_ids) for e in encoded], batch_size, compute)
+        bad_rows.extend(r for rows in bad if rows for r in rows)
+        return TokenStats(**{f: [s[f] for s in samples] for f in STAT_FIELDS})
+
     def generate(self, handle: "ModelHandle", parts: Sequence[PromptParts],
                  names: Sequence[str] | None = None) -> list[str]:
         """Greedy answers to ``parts`` (cached)."""
@@ -194,14 +232,17 @@ class Scorer:
             return [str(s) for s in hit["text"]]
         t0 = time.perf_counter()
         bad: list[bool] = []
-        hook = handle.model.register_forward_hook(_nonfinite_step_hook(bad))
-        try:
-            texts = greedy_generate(handle.model, handle.tokenizer,
-                                    [e.input_ids[:e.answer_start] for e in encoded],
-                                    [e.n_answer for e in encoded], batch_size=self.batch_size,
-                                    progress=self.progress and "generating")
-        finally:
-            hook.remove()
+        if distributed.active():
+            texts = self._sharded_generate(handle, encoded, bad, key)
+        else:
+            hook = handle.model.register_forward_hook(_nonfinite_step_hook(bad))
+            try:
+                texts = greedy_generate(handle.model, handle.tokenizer,
+                                        [e.input_ids[:e.answer_start] for e in encoded],
+                                        [e.n_answer for e in encoded], batch_size=self.batch_size,
+                                        progress=self.progress and "generating")
+            finally:
+                hook.remove()
         if bad:
             first = f" of {names[0].rsplit(' sample ', 1)[0]}" if names else ""
             raise MetricError(
@@ -213,6 +254,31 @@ class Scorer:
         self.cost.seconds += time.perf_counter() - t0
         self.cache.put(key, {"text": np.array(texts, dtype=str)})
         return texts
+
+    def _sharded_generate(self, handle, encoded, bad: list, key: str) -> list[str]:
+        """Greedy generation split over the ranks by whole length-sorted batches (of the prompts'
+        lengths, as :func:`~pytest_unlearn.generation.greedy_generate` batches them), gathered."""
+        from .generation import greedy_generate
+
+        batch_size = self.batch_size or default_batch_size(handle.device)
+        contexts = [e.input_ids[:e.answer_start] for e in encoded]
+
+        def compute(rows: list[int]):
+            flag: list[bool] = []
+            hook = handle.model.register_forward_hook(_nonfinite_step_hook(flag))
+            try:
+                texts = greedy_generate(handle.model, handle.tokenizer, [contexts[i] for i in rows],
+                                        [encoded[i].n_answer for i in rows], batch_size=batch_size,
+                                        progress=self.progress and distributed.is_main_process() and "generating")
+            finally:
+                hook.remove()
+            return texts, bool(flag)
+
+        texts, flags = distributed.run_sharded(f"generation {key[:16]} ({len(encoded)} prompts)",
+                                               [len(c) for c in contexts], batch_size, compute)
+        if any(flags):
+            bad.append(True)
+        return [str(t) for t in texts]
 
     # ------------------------------------------------------------ metrics
     def per_sample(self, metric: str | Metric, handle: "ModelHandle", dataset: "Dataset", *,
