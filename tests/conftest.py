@@ -22,3 +22,16 @@ def toy_world(tmp_path_factory):
     from pytest_unlearn.toy import build_toy_world
 
     return build_toy_world(tmp_path_factory.mktemp("toy-world"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests: on a shared 2-core machine this is many times
+    faster than several threads competing.  Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

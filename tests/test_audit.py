@@ -34,12 +34,7 @@ METRICS = ("es", "em", "prob", "truth_ratio", "mia_loss")
 ATTACKS = ["paraphrase", "quantize:8", "noise"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

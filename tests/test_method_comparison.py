@@ -24,12 +24,7 @@ GRID = {"ga": {"lr": [1e-3, 3e-3], "steps": [6], "batch_size": 4},
         "npo": {"lr": [1e-3, 3e-3], "steps": [6], "batch_size": 4}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
