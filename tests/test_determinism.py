@@ -18,6 +18,7 @@ import pkgutil
 
 import numpy as np
 import pytest
+from report_compare import normalise, summary
 
 import pytest_unlearn
 
@@ -51,8 +52,6 @@ def test_a_failing_verdict(unlearn):
     assert_forgotten("es", 0.3, model=unlearn.settings.original, under_attack=["noise:rate=0.5"])
 """
 
-VOLATILE = {"created", "cost", "workers", "seconds", "cached", "report"}
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _warm(toy_world):
@@ -77,22 +76,6 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def normalise(value):
-    """The report without what may differ between runs (timings, costs, workers, its own path)."""
-    if isinstance(value, dict):
-        return {k: normalise(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    return value
-
-
-def summary(result) -> list[str]:
-    lines = result.stdout.lines
-    start = next(i for i, line in enumerate(lines) if "unlearning summary" in line)
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("unlearning report:"))
-    return lines[start:end]
 
 
 def test_same_seed_gives_bit_identical_scores_and_verdicts(pytester, toy_world, one_thread):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_compare import normalise, summary
 
 from pytest_unlearn import distributed
 from pytest_unlearn.forward import length_sorted_batches
@@ -356,24 +357,6 @@ def test_sharded_scores_equal_one_process(job):
 
 
 # ---------------------------------------------------------------- the plugin under torchrun
-
-VOLATILE = {"created", "cost", "workers", "seconds", "cached", "report"}
-
-
-def normalise(value):
-    """The report without what may differ between runs (timings, costs, its own path)."""
-    if isinstance(value, dict):
-        return {k: normalise(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    return value
-
-
-def summary(text: str) -> list[str]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if "unlearning summary" in line)
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("unlearning report:"))
-    return lines[start:end]
 
 
 def outcomes(text: str) -> dict:

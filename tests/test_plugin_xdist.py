@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from report_compare import normalise, summary
 
 pytest.importorskip("xdist")
 
@@ -25,24 +26,6 @@ def test_retained():
 def test_prob_forgotten():
     assert_forgotten("prob", threshold=0.5)
 """
-
-VOLATILE = {"created", "cost", "workers", "seconds", "cached", "report"}
-
-
-def normalise(value):
-    """The report without what may differ between runs (timings, costs, workers, its own path)."""
-    if isinstance(value, dict):
-        return {k: normalise(v) for k, v in value.items() if k not in VOLATILE}
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    return value
-
-
-def summary(result) -> list[str]:
-    lines = result.stdout.lines
-    start = next(i for i, line in enumerate(lines) if "unlearning summary" in line)
-    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("unlearning report:"))
-    return lines[start:end]
 
 
 def test_xdist_gives_the_same_verdicts_numbers_and_report(pytester, toy_world):
