@@ -338,3 +338,11 @@ def test_policy_is_part_of_the_cache_key(tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "GENERATION_POLICY", {**generation.GENERATION_POLICY, "budget": "other"})
     scorer.generate(handle, parts)
     assert scorer.cost.cached == 1  # a changed policy never serves old text
+
+
+def test_policy_reaches_the_report():
+    from pytest_unlearn.reporting import Recorder, build_report
+
+    report = build_report(Recorder(), {}, version="0")
+    assert report["generation"] == generation.GENERATION_POLICY
+    assert "1.25" in report["generation"]["budget"] and "argmax" in report["generation"]["decoding"]
