@@ -15,8 +15,8 @@ Costs, each measured at every size (fresh ``Scorer`` each time, nothing is a cac
 * ``tf``: the teacher-forced scoring pass serving all forward-pass metrics (es, em, prob, ppl,
   mia_*): a fresh temporary cache, so the first metric runs the pass and the others read its
   token statistics, as in a real session;
-* ``gen``: ``rouge_l``, batched greedy generation (KV cache; each batch may generate up to
-  1.25 x its longest answer + 8 tokens and stops at end-of-sequence);
+* ``gen``: ``rouge_l``, batched greedy generation (KV cache; each sample may generate up to
+  1.25 x its own answer + 8 tokens and stops at end-of-sequence);
 * ``quantize``: the ``quantize:4`` attack with ``es`` (quantize the weights, score, restore);
 * ``relearn``: the ``relearn:steps=K`` attack with ``es`` (2 folds x K AdamW steps of 4 samples,
   full fine-tuning, then each fold's held-out rows scored; restores).  K is 2 by default to

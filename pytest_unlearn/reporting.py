@@ -247,6 +247,8 @@ def summary_lines(assertions: list[dict], calibrations: list[dict]) -> list[str]
 # ---------------------------------------------------------------- the JSON report
 
 def build_report(recorder: Recorder, settings: dict, *, version: str, workers: list[str] | None = None) -> dict:
+    from .generation import GENERATION_POLICY
+
     assertions = sort_records(recorder.assertions)
     counts = {v: sum(1 for r in assertions if r.get("verdict") == v) for v in ("pass", "fail", "error")}
     opt_ins = sorted({o for m in recorder.models.values() for o in m.get("opt_ins", [])}
@@ -257,6 +259,7 @@ def build_report(recorder: Recorder, settings: dict, *, version: str, workers: l
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seed": settings.get("seed"),
         "settings": settings,
+        "generation": GENERATION_POLICY,
         "opt_ins": opt_ins,
         "models": dict(sorted(recorder.models.items())),
         "workers": workers,

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .data import Dataset
+    from .generation import Generations
     from .models import ModelHandle
 
 
@@ -220,27 +221,39 @@ class Scorer:
 
     def generate(self, handle: "ModelHandle", parts: Sequence[PromptParts],
                  names: Sequence[str] | None = None) -> list[str]:
-        """Greedy answers to ``parts`` (cached)."""
-        from .generation import greedy_generate
+        """Greedy answers to ``parts`` (cached); see :meth:`generations`."""
+        return self.generations(handle, parts, names).texts
+
+    def generations(self, handle: "ModelHandle", parts: Sequence[PromptParts],
+                    names: Sequence[str] | None = None) -> "Generations":
+        """Greedy answers to ``parts`` with each sample's new-token budget and whether it was cut
+        to fit the context (cached; the generation policy is part of the key).  A cut budget is
+        warned about (:class:`~pytest_unlearn.generation.GenerationBudgetWarning`)."""
+        from .generation import GENERATION_POLICY, Generations, greedy_generations, warn_cut
 
         encoded = self.encode(handle, parts, names)
+        context_length = handle.context_length
         key = cache_key("generate", handle.fingerprint, _ids_digest(encoded), self.batch_size,
-                        str(handle.device.type), str(handle.dtype))
+                        str(handle.device.type), str(handle.dtype), GENERATION_POLICY, context_length)
         hit = self.cache.get(key)
-        if hit is not None:
+        if hit is not None and {"text", "budget", "cut"} <= set(hit):
             self.cost.cached += 1
-            return [str(s) for s in hit["text"]]
+            gens = Generations([str(s) for s in hit["text"]], [int(b) for b in hit["budget"]],
+                               [bool(c) for c in hit["cut"]])
+            warn_cut(gens, context_length, names)
+            return gens
         t0 = time.perf_counter()
         bad: list[bool] = []
         if distributed.active():
-            texts = self._sharded_generate(handle, encoded, bad, key)
+            gens = self._sharded_generate(handle, encoded, bad, key)
         else:
             hook = handle.model.register_forward_hook(_nonfinite_step_hook(bad))
             try:
-                texts = greedy_generate(handle.model, handle.tokenizer,
-                                        [e.input_ids[:e.answer_start] for e in encoded],
-                                        [e.n_answer for e in encoded], batch_size=self.batch_size,
-                                        progress=self.progress and "generating")
+                gens = greedy_generations(handle.model, handle.tokenizer,
+                                          [e.input_ids[:e.answer_start] for e in encoded],
+                                          [e.n_answer for e in encoded], batch_size=self.batch_size,
+                                          progress=self.progress and "generating",
+                                          context_length=context_length)
             finally:
                 hook.remove()
         if bad:
@@ -252,13 +265,16 @@ class Scorer:
                 "float32 (unlearn_dtype / --unlearn-dtype float32)")
         self.cost.generations += -(-len(encoded) // (self.batch_size or 8))
         self.cost.seconds += time.perf_counter() - t0
-        self.cache.put(key, {"text": np.array(texts, dtype=str)})
-        return texts
+        self.cache.put(key, {"text": np.array(gens.texts, dtype=str),
+                             "budget": np.array(gens.budgets, dtype=np.int64),
+                             "cut": np.array(gens.cut, dtype=bool)})
+        warn_cut(gens, context_length, names)
+        return gens
 
-    def _sharded_generate(self, handle, encoded, bad: list, key: str) -> list[str]:
+    def _sharded_generate(self, handle, encoded, bad: list, key: str) -> "Generations":
         """Greedy generation split over the ranks by whole length-sorted batches (of the prompts'
-        lengths, as :func:`~pytest_unlearn.generation.greedy_generate` batches them), gathered."""
-        from .generation import greedy_generate
+        lengths, as :func:`~pytest_unlearn.generation.greedy_generations` batches them), gathered."""
+        from .generation import Generations, greedy_generations
 
         batch_size = self.batch_size or default_batch_size(handle.device)
         contexts = [e.input_ids[:e.answer_start] for e in encoded]
@@ -267,18 +283,20 @@ class Scorer:
             flag: list[bool] = []
             hook = handle.model.register_forward_hook(_nonfinite_step_hook(flag))
             try:
-                texts = greedy_generate(handle.model, handle.tokenizer, [contexts[i] for i in rows],
-                                        [encoded[i].n_answer for i in rows], batch_size=batch_size,
-                                        progress=self.progress and distributed.is_main_process() and "generating")
+                part = greedy_generations(handle.model, handle.tokenizer, [contexts[i] for i in rows],
+                                          [encoded[i].n_answer for i in rows], batch_size=batch_size,
+                                          progress=self.progress and distributed.is_main_process() and "generating",
+                                          context_length=handle.context_length)
             finally:
                 hook.remove()
-            return texts, bool(flag)
+            return list(zip(part.texts, part.budgets, part.cut)), bool(flag)
 
-        texts, flags = distributed.run_sharded(f"generation {key[:16]} ({len(encoded)} prompts)",
+        items, flags = distributed.run_sharded(f"generation {key[:16]} ({len(encoded)} prompts)",
                                                [len(c) for c in contexts], batch_size, compute)
         if any(flags):
             bad.append(True)
-        return [str(t) for t in texts]
+        return Generations([str(t) for t, _, _ in items], [int(b) for _, b, _ in items],
+                           [bool(c) for _, _, c in items])
 
     # ------------------------------------------------------------ metrics
     def per_sample(self, metric: str | Metric, handle: "ModelHandle", dataset: "Dataset", *,
