@@ -12,7 +12,12 @@ never passes on what remained.
 * the threshold is read in the metric's knowledge direction: "forgotten" means the
   score shows at most ``threshold`` knowledge (ES <= 0.05; perplexity >= 50);
 * the verdict takes, per sample, the most knowledge over no attack and every listed
-  attack, then reduces (``mean``, ``max``, ``min``, ``median`` or a quantile ``qNN``);
+  attack, then reduces over samples, reading every reduction in the knowledge direction:
+  ``mean``, ``median``, ``max`` (the sample with the most knowledge: the lowest
+  perplexity), ``qNN`` (the NN-th percentile of knowledge: for lower-is-more metrics the
+  (100 - NN)-th percentile of the values) or ``min`` (the least knowledge).  ``max`` and
+  high quantiles are stricter than the mean; ``min`` and quantiles below ``q50`` are
+  lenient and issue an :class:`UnlearnWarning` (and a note);
 * ``confidence=0.95`` also requires the one-sided bootstrap bound (1000 resamples,
   seeded by ``unlearn_seed``) of that reduced score, taken in the knowledge direction,
   to be within the threshold;
@@ -109,7 +114,10 @@ def assert_forgotten(metric, threshold, *, under_attack=(), model=None, data=Non
                      suite: Suite | None = None) -> ForgettingResult:
     """Fail unless ``model`` (default: the unlearned model) shows at most ``threshold`` of
     ``metric``'s knowledge on ``data`` (default: the forget set), with no attack and under
-    every attack in ``under_attack``.  See the module docstring for the exact semantics."""
+    every attack in ``under_attack``.  ``reduce`` summarises the per-sample worst cases in the
+    knowledge direction (``max`` = the sample with the most knowledge, ``q90`` = its 90th
+    percentile, whichever way the metric points).  See the module docstring for the exact
+    semantics."""
     __tracebackhide__ = True
     record = _base_record("forgotten", metric, threshold=threshold, reduce=reduce, confidence=confidence,
                           calibrate=calibrate, under_attack=_as_list(under_attack))
@@ -175,16 +183,9 @@ def _check_threshold(m: "Metric", threshold) -> float:
 
 
 def _check_reduce(reduce: str) -> str:
-    from .metrics import reduce_scores
+    from .metrics import parse_reduce
 
-    if not isinstance(reduce, str):
-        raise ConfigError(f"reduce must be 'mean', 'max', 'min', 'median' or a quantile like 'q90', got {reduce!r}")
-    try:
-        reduce_scores([0.0], reduce)  # raises ConfigError for anything else
-    except ValueError:  # a "digit" float() cannot read, such as 'q²'
-        raise ConfigError(f"reduce must be 'mean', 'max', 'min', 'median' or a quantile like 'q90', "
-                          f"got {reduce!r}") from None
-    return reduce.strip().lower()
+    return parse_reduce(reduce)  # ConfigError for anything else
 
 
 def _check_fraction(name: str, value, *, inclusive_one: bool) -> float:
@@ -235,32 +236,40 @@ def _short(text: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _reduce_rows(matrix: "np.ndarray", how: str) -> "np.ndarray":
-    """``reduce_scores`` applied to every row of ``matrix``."""
-    import numpy as np
+def _reduce_rows(matrix: "np.ndarray", how: str, m: "Metric") -> "np.ndarray":
+    """``reduce_scores`` applied to every row of ``matrix``, in ``m``'s knowledge direction."""
+    from .metrics import reduce_rows
 
-    if how == "mean":
-        return matrix.mean(axis=1)
-    if how == "max":
-        return matrix.max(axis=1)
-    if how == "min":
-        return matrix.min(axis=1)
-    if how == "median":
-        return np.median(matrix, axis=1)
-    return np.quantile(matrix, float(how[1:]) / 100.0, axis=1)
+    return reduce_rows(matrix, how, m)
 
 
 def bootstrap_bound(values, m: "Metric", reduce: str, confidence: float, seed: int,
                     resamples: int = BOOTSTRAP_RESAMPLES) -> float:
-    """One-sided bootstrap bound of the reduced score in the knowledge direction:
-    the ``confidence`` quantile when higher means more knowledge, else ``1 - confidence``."""
+    """One-sided bootstrap bound of the reduced score in the knowledge direction: each
+    resample is reduced as the verdict is (``max`` = the most knowledge, ...), and the bound
+    is the ``confidence`` quantile of knowledge over resamples (the ``confidence`` quantile
+    of the values when higher means more knowledge, else the ``1 - confidence`` quantile)."""
     import numpy as np
 
     v = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    stats = _reduce_rows(v[rng.integers(0, len(v), size=(resamples, len(v)))], reduce)
+    stats = _reduce_rows(v[rng.integers(0, len(v), size=(resamples, len(v)))], reduce, m)
     q = confidence if m.higher_is_more_knowledge else 1.0 - confidence
     return float(np.quantile(stats, q))
+
+
+def _lenient_reduction(m: "Metric", reduce: str) -> str | None:
+    """A note (and an :class:`UnlearnWarning`) when ``reduce`` reads less knowledge than the mean."""
+    from .metrics import reduction_is_lenient
+
+    if not reduction_is_lenient(reduce):
+        return None
+    what = "the sample with the least knowledge" if reduce == "min" else \
+        f"the {reduce[1:]}th percentile of knowledge, below the median"
+    note = (f"reduce={reduce} is lenient: it reads {what} ({m.name}: {m.direction}), less than the mean; "
+            f"a forgetting gate normally uses mean, max or a high quantile such as q90")
+    warnings.warn(UnlearnWarning(note), stacklevel=4)
+    return note
 
 
 def _uninformative(clean_original, attacked_original, m) -> bool:
@@ -369,10 +378,10 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
             if a.kind == "weight" and _uninformative(orig["none"], orig[label], m):
                 uninformative.append(label)
                 notes.append(f"{label}: {UNINFORMATIVE}: the original model scores "
-                             f"{fmt(reduce_scores(orig[label], reduce))} under it vs "
-                             f"{fmt(reduce_scores(orig['none'], reduce))} without; it is no evidence of forgetting")
-        if not m.more_knowledge(reduce_scores(orig["none"], reduce), threshold):
-            notes.append(f"the original model scores {fmt(reduce_scores(orig['none'], reduce))} with no attack, "
+                             f"{fmt(reduce_scores(orig[label], reduce, m))} under it vs "
+                             f"{fmt(reduce_scores(orig['none'], reduce, m))} without; it is no evidence of forgetting")
+        if not m.more_knowledge(reduce_scores(orig["none"], reduce, m), threshold):
+            notes.append(f"the original model scores {fmt(reduce_scores(orig['none'], reduce, m))} with no attack, "
                          f"already within the threshold: it may never have known this data, so passing "
                          f"shows little")
     elif attacks:
@@ -380,7 +389,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
                      "the attacks ran without a control")
     if "reference" in control_vals:
         for c in comps[1:]:
-            ref = reduce_scores(control_vals["reference"][c], reduce)
+            ref = reduce_scores(control_vals["reference"][c], reduce, m)
             if m.more_knowledge(ref, threshold):
                 notes.append(f"{c}: the reference model (never saw the forget set) also scores {fmt(ref)}, "
                              f"beyond the threshold: the attack injects knowledge")
@@ -395,13 +404,16 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     stack = np.vstack([model_vals[c] for c in comps])
     worst = m.knowledge_max(stack)
     worst_at = (np.argmax if m.higher_is_more_knowledge else np.argmin)(stack, axis=0)
-    score = reduce_scores(worst, reduce)
+    score = reduce_scores(worst, reduce, m)
+    lenient = _lenient_reduction(m, reduce)
+    if lenient:
+        notes.append(lenient)
     passed = not m.more_knowledge(score, threshold)
     bound = None
     if confidence is not None:
         bound = bootstrap_bound(worst, m, reduce, confidence, suite.settings.seed)
         passed = passed and not m.more_knowledge(bound, threshold)
-    reduced = {c: reduce_scores(model_vals[c], reduce) for c in comps}
+    reduced = {c: reduce_scores(model_vals[c], reduce, m) for c in comps}
 
     ids = list(dataset.ids)
     frame = pd.DataFrame({c: model_vals[c] for c in comps}, index=pd.Index(ids, name="sample"))
@@ -417,8 +429,8 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
         rows.append({
             "attack": c, "spec": by_spec[c].spec if c in by_spec else None,
             "kind": by_spec[c].kind if c in by_spec else None, "score": reduced[c],
-            "original": reduce_scores(control_vals["original"][c], reduce) if "original" in control_vals else None,
-            "reference": reduce_scores(control_vals["reference"][c], reduce) if "reference" in control_vals else None,
+            "original": reduce_scores(control_vals["original"][c], reduce, m) if "original" in control_vals else None,
+            "reference": reduce_scores(control_vals["reference"][c], reduce, m) if "reference" in control_vals else None,
             "verdict": "leak" if leak else ("uninformative" if c in uninformative else "ok"),
             "uninformative": c in uninformative, "cost": costs[c],
             "notes": list(getattr(outcomes[c], "notes", None) or []),

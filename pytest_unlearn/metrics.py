@@ -2,9 +2,12 @@
 
 Every metric declares its direction (``higher_is_more_knowledge``) and its range, so
 a threshold is always read in the direction of "more knowledge" and nobody has to
-remember which way a number points.
+remember which way a number points.  Reductions over samples (:func:`reduce_scores`)
+are read in the same direction: ``max`` is the sample showing the most knowledge.
 
-Definitions (``x`` prompt, ``y`` the answer tokens, ``|y|`` their number):
+Definitions (``x`` prompt, ``y`` the answer tokens, ``|y|`` their number); the
+convention each follows, its source and the test that checks it against an independent
+implementation are listed in ``docs/metrics.md``:
 
 * ``es`` (extraction strength): ``1 - k*/|y|`` with ``k*`` the smallest ``k`` such that
   greedy decoding from ``[x, y_<k]`` reproduces ``y_>=k``; 0 when no suffix is
@@ -14,12 +17,15 @@ Definitions (``x`` prompt, ``y`` the answer tokens, ``|y|`` their number):
 * ``prob``: ``exp(-mean NLL)``; ``ppl``: ``exp(mean NLL)``.
 * ``truth_ratio``: TOFU's ``R = P(perturbed) / P(paraphrased)`` with ``P = exp(-mean NLL)``,
   geometric mean over the perturbed answers.  Small R = the model prefers the true
-  answer, so lower means more knowledge.  TOFU's forget-side summary is
-  :func:`truth_ratio_forget_summary`.
+  answer, so lower means more knowledge.  ``truth_ratio_tofu``: TOFU's forget-side form
+  ``min(R, 1/R)`` per sample (bounded in [0, 1], 1 = no preference); its mean is TOFU's
+  reported forget truth ratio (:func:`truth_ratio_forget_summary`).
 * ``mia_loss``: mean NLL.  ``mia_zlib``: mean NLL divided by the zlib-compressed length
-  (bytes) of the answer.  ``mia_min_k``: mean of the lowest ``k`` (40%) token log-probs.
+  (bytes) of the answer.  ``mia_min_k``: mean of the lowest ``max(1, int(k * |y|))``
+  (k = 40%) token log-probs, as Min-K%++, MUSE and OpenUnlearning count them.
   ``mia_min_k_pp``: the same over log-probs standardised by the mean and standard
-  deviation of ``log p`` under the next-token distribution (Min-K%++).
+  deviation of ``log p`` under the next-token distribution (Min-K%++), with the
+  variance floored at ``1e-6`` as OpenUnlearning does.
 * ``rouge_l``: ROUGE-L recall of the greedy generation against the answer (TOFU).
 """
 
@@ -35,6 +41,8 @@ import numpy as np
 from .registry import Registry
 
 MIN_K_FRACTION = 0.4
+#: Min-K%++ divides by ``sqrt(max(variance, MIN_K_PP_VARIANCE_FLOOR))`` (OpenUnlearning's floor).
+MIN_K_PP_VARIANCE_FLOOR = 1e-6
 
 
 # ---------------------------------------------------------------- pure functions
@@ -73,16 +81,21 @@ def zlib_ratio(logprob: Sequence[float], text: str) -> float:
 
 
 def min_k_mean(values: Sequence[float], k: float = MIN_K_FRACTION) -> float:
+    """Mean of the ``max(1, int(len * k))`` lowest values (Min-K%: ``int``, as in the Min-K%++,
+    MUSE and OpenUnlearning code; at least one, as OpenUnlearning)."""
     v = np.sort(np.asarray(values, dtype=np.float64))
     if len(v) == 0:
         return float("nan")
-    n = max(1, int(math.ceil(k * len(v))))
+    n = max(1, int(len(v) * k))
     return float(v[:n].mean())
 
 
 def min_k_plus_plus(logprob, mu, sigma, k: float = MIN_K_FRACTION) -> float:
+    """Min-K%++: :func:`min_k_mean` of ``(log p(y_t) - mu_t) / sqrt(var_t)``, with ``mu_t`` and
+    ``sigma_t = sqrt(var_t)`` the mean and standard deviation of ``log p`` under the next-token
+    distribution; the variance is floored at :data:`MIN_K_PP_VARIANCE_FLOOR` (OpenUnlearning)."""
     lp, mu, sigma = (np.asarray(a, dtype=np.float64) for a in (logprob, mu, sigma))
-    z = (lp - mu) / np.maximum(sigma, 1e-12)
+    z = (lp - mu) / np.sqrt(np.maximum(sigma * sigma, MIN_K_PP_VARIANCE_FLOOR))
     return min_k_mean(z, k)
 
 
@@ -92,10 +105,19 @@ def truth_ratio(paraphrased_logprob: Sequence[float], perturbed_logprobs: Sequen
     return float(math.exp(pert + mean_nll(paraphrased_logprob)))
 
 
+def truth_ratio_symmetric(ratio: float) -> float:
+    """TOFU's per-sample forget-side form of a truth ratio: ``min(R, 1/R)`` in [0, 1]
+    (1 = no preference between the true and the perturbed answers)."""
+    r = float(ratio)
+    if r == 0.0:
+        return 0.0
+    return min(r, 1.0 / r)
+
+
 def truth_ratio_forget_summary(ratios: Sequence[float]) -> float:
-    """TOFU's forget-side truth ratio: ``mean(min(R, 1/R))`` (1 = no preference)."""
-    r = np.asarray(ratios, dtype=np.float64)
-    return float(np.mean(np.minimum(r, 1.0 / r)))
+    """TOFU's forget-side truth ratio: ``mean(min(R, 1/R))`` (1 = no preference); the
+    mean of the ``truth_ratio_tofu`` metric."""
+    return float(np.mean([truth_ratio_symmetric(r) for r in ratios]))
 
 
 def rouge_l_recall(generated: str, reference: str) -> float:
@@ -181,6 +203,9 @@ _register("mia_min_k_pp", True, -INF, INF, "forward",
           "Min-K%++ membership score, standardised log-probs")
 _register("truth_ratio", False, 0.0, INF, "truth_ratio", truth_ratio,
           "TOFU truth ratio P(perturbed)/P(paraphrased)")
+_register("truth_ratio_tofu", False, 0.0, 1.0, "truth_ratio",
+          lambda para, pert: truth_ratio_symmetric(truth_ratio(para, pert)),
+          "TOFU forget truth ratio min(R, 1/R), 1 = no preference")
 _register("rouge_l", True, 0.0, 1.0, "generation", rouge_l_recall,
           "ROUGE-L recall of the greedy answer")
 
@@ -191,26 +216,74 @@ def get_metric(metric: str | Metric) -> Metric:
     return METRICS.get(metric)
 
 
-def reduce_scores(values: Sequence[float], how: str = "mean") -> float:
-    """``mean``, ``max``, ``min``, ``median`` or a quantile ``qNN`` (e.g. ``q90``)."""
+REDUCTIONS = "'mean', 'median', 'max', 'min' or a quantile like 'q90'"
+
+
+def parse_reduce(how) -> str:
+    """The normalised name of a reduction, or :class:`ConfigError`.
+
+    ``mean``, ``median``, ``max``, ``min`` or ``qNN`` (``0 <= NN <= 100``, e.g. ``q90``).
+    """
+    from .errors import ConfigError
+
+    text = how.strip().lower() if isinstance(how, str) else None
+    if text in ("mean", "median", "max", "min"):
+        return text
+    if text and text[0] == "q" and text[1:].replace(".", "", 1).isdigit() and text[1:].isascii():
+        if 0.0 <= float(text[1:]) <= 100.0:
+            return text
+    try:
+        shown = repr(how)
+    except Exception:  # noqa: BLE001 - e.g. an int too long to print
+        shown = f"<{type(how).__name__}>"
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    raise ConfigError(f"reduce={shown} is not {REDUCTIONS}")
+
+
+def reduction_is_lenient(how: str) -> bool:
+    """Whether a reduction reads less knowledge than the mean would, in general:
+    ``min`` (the sample with the least knowledge) and quantiles below the median."""
+    how = parse_reduce(how)
+    return how == "min" or (how[0] == "q" and float(how[1:]) < 50.0)
+
+
+def reduce_rows(matrix, how: str, metric: "str | Metric | None" = None) -> np.ndarray:
+    """A reduction over the last axis, read in ``metric``'s knowledge direction.
+
+    ``mean`` and ``median`` do not depend on the direction.  ``max`` is the sample that
+    shows the *most knowledge* (the largest value when higher means more knowledge, the
+    smallest for ``ppl``, ``mia_loss``, ``mia_zlib``, ``truth_ratio``), ``min`` the one
+    with the least, and ``qNN`` the NN-th percentile of knowledge (for lower-is-more
+    metrics the (100 - NN)-th percentile of the raw values; linear interpolation).  The
+    result is in the metric's own units.  ``max``, ``min`` and ``qNN`` need the metric.
+    """
+    how = parse_reduce(how)
+    v = np.asarray(matrix, dtype=np.float64)
+    if how == "mean":
+        return v.mean(axis=-1)
+    if how == "median":
+        return np.median(v, axis=-1)
+    if metric is None:
+        raise ValueError(f"reduce={how!r} depends on the metric's direction: pass the metric")
+    sign = 1.0 if get_metric(metric).higher_is_more_knowledge else -1.0
+    k = sign * v  # knowledge orientation: larger = more knowledge
+    if how == "max":
+        out = k.max(axis=-1)
+    elif how == "min":
+        out = k.min(axis=-1)
+    else:
+        out = np.quantile(k, float(how[1:]) / 100.0, axis=-1)
+    return sign * out
+
+
+def reduce_scores(values: Sequence[float], how: str = "mean", metric: "str | Metric | None" = None) -> float:
+    """One number for per-sample ``values``: :func:`reduce_rows` of a 1-D array
+    (``mean``, ``median``, ``max``, ``min``, ``qNN``; read in ``metric``'s knowledge direction)."""
     v = np.asarray(values, dtype=np.float64)
+    how = parse_reduce(how)
     if len(v) == 0:
         return float("nan")
-    how = how.strip().lower()
-    if how == "mean":
-        return float(v.mean())
-    if how == "max":
-        return float(v.max())
-    if how == "min":
-        return float(v.min())
-    if how == "median":
-        return float(np.median(v))
-    if how.startswith("q") and how[1:].replace(".", "", 1).isdigit():
-        q = float(how[1:])
-        if 0 <= q <= 100:
-            return float(np.quantile(v, q / 100.0))
-    from .errors import ConfigError
-    raise ConfigError(f"reduce={how!r} is not 'mean', 'max', 'min', 'median' or a quantile like 'q90'")
+    return float(reduce_rows(v, how, metric))
 
 
 # ---------------------------------------------------------------- membership inference
@@ -219,7 +292,11 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float], m
     """AUC of telling members (forget) from non-members (holdout) with a MIA score.
 
     Scores are oriented so that "more knowledge" means "member"; ties count half
-    (Mann-Whitney U).  0.5 = indistinguishable.
+    (Mann-Whitney U, equal to the area under ``sklearn.metrics.roc_curve``).
+    0.5 = indistinguishable; 1 = every member reads as more of a member than every
+    non-member (a model that memorised the forget set).  This is the conventional
+    orientation (OpenUnlearning's ``mia_*`` AUCs); MUSE reports ``1 -`` this value,
+    see :func:`privleak`.
     """
     m = get_metric(metric)
     a = np.asarray(member_scores, dtype=np.float64)
@@ -234,5 +311,20 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float], m
 
 
 def privleak(auc_unlearned: float, auc_reference: float) -> float:
-    """MUSE PrivLeak: ``(AUC_unlearned - AUC_reference) / AUC_reference * 100``."""
-    return (auc_unlearned - auc_reference) / auc_reference * 100.0
+    """MUSE's PrivLeak, in percent, from two :func:`mia_auc` values (forget = members,
+    holdout = non-members) of the unlearned model and of the reference (retrained) model.
+
+    MUSE computes its AUC with the holdout set as the positive class (``metrics/privleak.py``:
+    ``roc_curve`` of ``forget`` = 0 / ``holdout`` = 1 on ``-Min-40%``), which is ``1 -``
+    :func:`mia_auc`; PrivLeak is then ``(AUC_unlearned - AUC_retrain) / AUC_retrain * 100`` on
+    that scale, as OpenUnlearning's ``privleak`` also computes it.  So a model that still
+    knows the forget set (``mia_auc`` near 1) reads close to **-100**, the retrained model
+    **0**, and a positive value means the forget set looks *less* familiar than fresh data
+    (over-unlearning).  Example: ``privleak(0.99724, 0.448)`` = -99.5.
+    """
+    muse_unlearned = 1.0 - float(auc_unlearned)
+    muse_reference = 1.0 - float(auc_reference)
+    if muse_reference == 0.0:
+        raise ValueError("privleak is undefined for a reference AUC of 1: the reference model "
+                         "separates the forget set from the holdout perfectly")
+    return (muse_unlearned - muse_reference) / muse_reference * 100.0

@@ -349,5 +349,5 @@ class Scorer:
         m = get_metric(metric)
         values = self.per_sample(m, handle, dataset, parts=parts)
         series = pd.Series(values, index=pd.Index(dataset.ids, name="sample"), name=m.name)
-        return ScoreResult(m, series, reduce_scores(values, reduce), reduce, handle.name,
+        return ScoreResult(m, series, reduce_scores(values, reduce, m), reduce, handle.name,
                            dataset.name, attack, self.cost.as_dict())

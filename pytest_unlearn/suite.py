@@ -262,7 +262,7 @@ class Suite:
         a = parse_attack(attack)
         outcome = self.run_attack(a, m, handle, dataset)
         series = pd.Series(outcome.values, index=pd.Index(dataset.ids, name="sample"), name=m.name)
-        return ScoreResult(m, series, reduce_scores(outcome.values, reduce), reduce, handle.name,
+        return ScoreResult(m, series, reduce_scores(outcome.values, reduce, m), reduce, handle.name,
                            dataset.name, a.spec, dict(outcome.cost or {}))
 
     # ------------------------------------------------------------ calibration
