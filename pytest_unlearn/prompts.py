@@ -53,6 +53,7 @@ import json
 import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import ConfigError, MetricError
@@ -97,14 +98,40 @@ class PromptFormat:
         return out
 
     def chat_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``apply_chat_template`` besides the messages."""
+        """Keyword arguments for ``apply_chat_template`` besides the messages (the template
+        arguments, and ``date_string`` when the date is pinned and the user gave none)."""
         kwargs = json.loads(self.template_args) if self.template_args else {}
         if self.date:
-            day = datetime.strptime(self.date, "%Y-%m-%d")
-            kwargs.setdefault("date_string", day.strftime("%d %b %Y"))
-            # a template variable shadows the environment's global strftime_now (datetime.now())
-            kwargs["strftime_now"] = day.strftime
+            kwargs.setdefault("date_string", datetime.strptime(self.date, "%Y-%m-%d").strftime("%d %b %Y"))
         return kwargs
+
+
+# strftime directives a fixed-date ``strftime_now`` answers; "%%" last, as a literal percent
+_DIRECTIVES = ("%Y", "%y", "%m", "%d", "%e", "%B", "%b", "%A", "%a", "%j", "%H", "%I", "%M", "%S", "%p",
+               "%-d", "%-m", "%%")
+
+
+@lru_cache(maxsize=64)
+def _pinned_template(template: str, date: str) -> str:
+    """``template`` with a ``strftime_now`` macro in front that formats ``date`` (noon), so the
+    template's own ``strftime_now(...)`` calls (a global reading the clock) see a fixed day.  A
+    macro shadows the global; unlike a patched clock it is local to this render and works with
+    every transformers version (template arguments cannot carry a function in all of them)."""
+    day = datetime.strptime(date, "%Y-%m-%d").replace(hour=12)
+    values = {"%-d": str(day.day), "%-m": str(day.month), "%e": f"{day.day:2d}", "%%": "%"}
+    chain = "".join(f"|replace({d!r}, {values.get(d) or day.strftime(d)!r})" for d in _DIRECTIVES)
+    return "{%- macro strftime_now(format) -%}{{ format" + chain + " }}{%- endmacro -%}" + template
+
+
+def _apply_template(tokenizer, fmt: PromptFormat, messages: list[dict], *, add_generation_prompt: bool) -> str:
+    kwargs = fmt.chat_kwargs()
+    if fmt.date:
+        template = tokenizer.get_chat_template() if hasattr(tokenizer, "get_chat_template") else \
+            tokenizer.chat_template
+        if "strftime_now" in template:
+            kwargs["chat_template"] = _pinned_template(template, fmt.date)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         **kwargs)
 
 
 def parse_template_args(value: str | dict | None, key: str = "unlearn_chat_template_args") -> str | None:
@@ -235,8 +262,7 @@ def render_context(tokenizer, fmt: PromptFormat, parts: PromptParts) -> str:
         shots = "".join(f"{q}{a}\n\n" for q, a in parts.shots)
         return shots + parts.question + parts.prefill
     if fmt.kind == "chat":
-        text = tokenizer.apply_chat_template(_chat_messages(fmt, parts), tokenize=False,
-                                             add_generation_prompt=True, **fmt.chat_kwargs())
+        text = _apply_template(tokenizer, fmt, _chat_messages(fmt, parts), add_generation_prompt=True)
         return text + parts.prefill
     template = fmt.template if fmt.kind == "format" else PLAIN_TEMPLATE
     blocks = [template.format(question=q) + _join_space(template.format(question=q), a) + a
@@ -260,8 +286,7 @@ def _chat_join(tokenizer, fmt: PromptFormat, parts: PromptParts, context: str) -
         return ""
     messages = _chat_messages(fmt, parts) + [{"role": "assistant", "content": parts.answer}]
     try:
-        full = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
-                                             **fmt.chat_kwargs())
+        full = _apply_template(tokenizer, fmt, messages, add_generation_prompt=False)
     except Exception:  # a template that refuses a final assistant turn: nothing to learn from
         return ""
     if not isinstance(full, str) or not full.startswith(context):

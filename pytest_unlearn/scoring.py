@@ -134,8 +134,11 @@ class Scorer:
     """Computes metrics; shared by the assertions, calibration, attacks and notebooks."""
 
     def __init__(self, *, prompt: str | PromptFormat | None = None, batch_size: int | None = None,
-                 cache: ResultCache | None = None, progress: bool = False):
+                 cache: ResultCache | None = None, progress: bool = False,
+                 system_prompt: str | None = None, chat_template_args: str | dict | None = None):
         self.prompt = prompt
+        self.system_prompt = system_prompt
+        self.chat_template_args = chat_template_args
         self.batch_size = batch_size
         self.cache = cache or ResultCache(None)
         self.progress = progress
@@ -153,7 +156,8 @@ class Scorer:
 
     # ------------------------------------------------------------ building blocks
     def prompt_format(self, handle: "ModelHandle") -> PromptFormat:
-        return parse_prompt_format(self.prompt, handle.tokenizer)
+        return parse_prompt_format(self.prompt, handle.tokenizer, system=self.system_prompt,
+                                   template_args=self.chat_template_args)
 
     def encode(self, handle: "ModelHandle", parts: Sequence[PromptParts], names: Sequence[str] | None = None):
         return encode(handle.tokenizer, self.prompt_format(handle), parts,

@@ -258,3 +258,103 @@ def test_format_string_whitespace_is_kept(tok):
     assert tok.decode(e.input_ids[e.answer_start:]) == "Vellmar"
     assert parse_prompt_format(" plain\n", tok).kind == "plain"
     assert parse_prompt_format("\tchat ", tok).kind == "chat"
+
+
+# ---------------------------------------------------------------- system prompt, template arguments, date
+
+DATED = ("{{ 'Today Date: ' + strftime_now('%d %b %Y') + '\n' }}"
+         "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+DATE_STRING = ("{{ 'Today Date: ' + (date_string if date_string is defined else 'unknown') + '\n' }}"
+               "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}{% if greeting is defined %}"
+               "{{ greeting }}{% endif %}")
+
+
+def _clock_module():
+    """The transformers module whose ``datetime`` the template's ``strftime_now`` reads."""
+    import importlib
+
+    for name in ("transformers.utils.chat_template_utils", "transformers.tokenization_utils_base"):
+        module = importlib.import_module(name)
+        if "strftime_now" in getattr(module, "__dict__", {}) or "datetime" in module.__dict__:
+            src = __import__("inspect").getsource(module)
+            if "def strftime_now" in src:
+                return module
+    pytest.skip("this transformers version has no strftime_now")
+
+
+def _at(day: int):
+    import datetime as dt
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return dt.datetime(2025, 3, day, 12, 0, tzinfo=tz)
+
+    return Clock
+
+
+def test_a_template_that_reads_the_date_gets_a_fixed_one(monkeypatch):
+    tok = tiny_tokenizer(["Where was Ada born? Vellmar Today Date"] * 5, vocab_size=300)
+    tok.chat_template = DATED
+    module = _clock_module()
+    parts = [PromptParts("Where was Ada born?", "Vellmar")]
+    ids, texts = [], []
+    for day in (1, 2):
+        monkeypatch.setattr(module, "datetime", _at(day))
+        assert tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False).startswith(
+            f"Today Date: 0{day} Mar 2025")  # the clock is really moved
+        fmt = parse_prompt_format("chat", tok)
+        (e,) = encode(tok, fmt, parts, max_length=512)
+        ids.append(e.input_ids)
+        texts.append(e.context_text)
+    assert ids[0] == ids[1]
+    assert texts[0].startswith("Today Date: 26 Jul 2024\n")
+    assert fmt.date == "2024-07-26" and fmt.spec == "chat|date:2024-07-26"
+    # a date of the user's choice, through the template arguments
+    fmt = parse_prompt_format("chat", tok, template_args='{"date_string": "01 Jan 2025"}')
+    assert fmt.date == "2025-01-01" and "Today Date: 01 Jan 2025" in render_context(tok, fmt, parts[0])
+    # a template without a date gets none
+    tok.chat_template = CHATML
+    assert parse_prompt_format("chat", tok).date is None and parse_prompt_format("chat", tok).spec == "chat"
+
+
+def test_date_string_system_prompt_and_template_arguments_reach_the_template(tok):
+    import copy
+
+    dated = copy.deepcopy(tok)
+    dated.chat_template = DATE_STRING
+    fmt = parse_prompt_format("auto", dated, system="Be terse.", template_args={"greeting": "Hi!"})
+    text = render_context(dated, fmt, PromptParts("Where was Ada born?", "Vellmar"))
+    assert text == "Today Date: 26 Jul 2024\nsystem: Be terse.\nuser: Where was Ada born?\nassistant: Hi!"
+    assert fmt.spec == 'chat|system:Be terse.|args:{"greeting":"Hi!"}|date:2024-07-26'
+    plain = parse_prompt_format("plain", tok, system="Be terse.")
+    assert render_context(tok, plain, PromptParts("q?", "a")).startswith("Be terse.\n\nQuestion: q?")
+    assert plain.spec == "plain|system:Be terse."
+
+
+@pytest.mark.parametrize("bad", ['{"a": 1', "[1, 2]", '"text"', '{"tokenize": true}'])
+def test_bad_chat_template_args_name_the_setting(bad):
+    from pytest_unlearn.config import Settings
+
+    with pytest.raises(ConfigError, match="unlearn_chat_template_args / --unlearn-chat-template-args"):
+        Settings(chat_template_args=bad)
+    with pytest.raises(ConfigError, match="unlearn_chat_template_args"):
+        parse_prompt_format("chat", None, template_args=bad)
+
+
+def test_settings_keep_the_format_string_and_system_prompt_exactly(pytester):
+    pytester.makepyprojecttoml(
+        '[tool.pytest.ini_options]\nunlearn_prompt = "Q: {question}\\nA:\\n"\n'
+        'unlearn_system_prompt = "Be terse.\\n"\nunlearn_chat_template_args = \'{"x": 1}\'\n')
+    pytester.makepyfile("""
+        def test_settings(unlearn):
+            s = unlearn.settings
+            assert s.prompt == "Q: {question}\\nA:\\n", repr(s.prompt)
+            assert s.system_prompt == "Be terse.\\n", repr(s.system_prompt)
+            assert s.chat_template_args == '{"x": 1}'
+            assert unlearn.scorer.system_prompt == s.system_prompt
+            assert unlearn.scorer.chat_template_args == s.chat_template_args
+    """)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
