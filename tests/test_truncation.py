@@ -1,0 +1,61 @@
+"""Prompts cut to fit the model's context are recorded per sample, not only warned about."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from pytest_unlearn.data import dataset_from_records
+from pytest_unlearn.models import handle_from_objects
+from pytest_unlearn.prompts import TruncationWarning
+from pytest_unlearn.scoring import Scorer
+from pytest_unlearn.toy import tiny_llama, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def handle(one_torch_thread):
+    tok = tiny_tokenizer(["Where was Ada born? Ada was born in Vellmar. Question Answer"] * 5, vocab_size=300)
+    return handle_from_objects(tiny_llama(tok, max_positions=40), tok)
+
+
+WORDS = ["Ada", "Vellmar", "born", "Question", "Answer"]
+
+
+def records(long_row: int, n: int = 3, *, long_perturbed: int = -1) -> list[dict]:
+    out = []
+    for i in range(n):
+        question = "Where was Ada born? " * (12 if i == long_row else 1)
+        wrong = [f"{WORDS[i]}.", "Born."] + (["Ada was born in Vellmar. " * 5] if i == long_perturbed else [])
+        out.append({"question": question.strip(), "answer": f"{WORDS[i]} Vellmar.",
+                    "paraphrased_answer": "In Vellmar.", "perturbed_answer": wrong})
+    return out
+
+
+@pytest.mark.parametrize("metric", ["prob", "truth_ratio"])
+def test_the_truncated_samples_are_named_in_the_result(handle, metric):
+    data = dataset_from_records(records(long_row=1))
+    scorer = Scorer(prompt="plain")
+    with pytest.warns(TruncationWarning):
+        result = scorer.score(metric, handle, data)
+    assert result.truncated == [data.ids[1]]
+    assert scorer.truncated == [data.ids[1]]
+    with warnings.catch_warnings():  # a cached second run still knows
+        warnings.simplefilter("ignore")
+        assert scorer.score(metric, handle, data).truncated == [data.ids[1]]
+
+
+def test_a_cut_prompt_for_a_perturbed_answer_counts_for_its_sample(handle):
+    data = dataset_from_records(records(long_row=-1, long_perturbed=2))
+    with pytest.warns(TruncationWarning):
+        assert Scorer(prompt="plain").score("truth_ratio", handle, data).truncated == [data.ids[2]]
+        assert Scorer(prompt="plain").score("prob", handle, data).truncated == []
+
+
+def test_nothing_truncated_is_an_empty_list(handle):
+    data = dataset_from_records(records(long_row=-1))
+    scorer = Scorer(prompt="plain")
+    scorer.truncated = ["stale"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scorer.score("prob", handle, data).truncated == []
