@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -59,3 +60,27 @@ def test_nothing_truncated_is_an_empty_list(handle):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert scorer.score("prob", handle, data).truncated == []
+
+
+def test_a_failure_message_and_report_name_the_truncated_samples(toy_world):
+    from pytest_unlearn import Suite, UnlearningAssertionError, assert_forgotten, reporting
+
+    facts = [json.loads(line) for line in toy_world["forget"].read_text().splitlines()[:3]]
+    long_q = "Tell me everything, in order: " + " ".join(f["question"] for f in facts) * 12
+    records = [{"question": long_q, "answer": facts[0]["answer"]},
+               {"question": facts[1]["question"], "answer": facts[1]["answer"]}]
+    rec = reporting.Recorder()
+    reporting.push_recorder(rec)
+    suite = Suite.from_paths(original=toy_world["original"], model=toy_world["original"],
+                             forget=toy_world["forget"], cache_dir=None)
+    try:
+        with pytest.warns(TruncationWarning), pytest.raises(UnlearningAssertionError) as info:
+            assert_forgotten("prob", 0.0, data=records, suite=suite)
+    finally:
+        suite.close()
+        reporting.pop_recorder(rec)
+    record = info.value.result.record
+    assert record["truncated"] == [dataset_from_records(records).ids[0]]
+    message = str(info.value)
+    assert "1 of 2 prompts were longer than the model's context" in message
+    assert record["truncated"][0] in message
