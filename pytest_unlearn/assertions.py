@@ -345,6 +345,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
 
     # -- score everything (memoised by model fingerprint, so a model in two roles runs once)
     memo: dict[tuple, tuple] = {}
+    truncated: set[str] = set()  # samples whose prompt was cut to fit the tested model's context
 
     def run(h, attack):
         key = (h.fingerprint, attack.spec if attack is not None else "none")
@@ -352,6 +353,8 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
             if attack is None:
                 before = suite.scorer.cost.as_dict()
                 values = suite.scorer.per_sample(m, h, dataset)
+                if h is handle:
+                    truncated.update(getattr(suite.scorer, "truncated", None) or [])
                 memo[key] = (np.asarray(values, dtype=np.float64), None,
                              _cost_delta(before, suite.scorer.cost.as_dict()))
             else:
@@ -396,6 +399,9 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     for c in comps[1:]:
         for note in getattr(outcomes[c], "notes", None) or []:
             notes.append(note if note.startswith(by_spec[c].name) else f"{c}: {note}")
+    if truncated:
+        notes.append(_truncation_note(sorted(truncated), len(dataset)))
+    record["truncated"] = sorted(truncated)
     for spec in uninformative:
         warnings.warn(UnlearnWarning(f"attack {spec} is {UNINFORMATIVE}; it is not counted as evidence "
                                      f"of forgetting"), stacklevel=3)
@@ -517,6 +523,13 @@ def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound,
             if s.get("detail"):
                 lines.append(f"     {s['attack']}: {_short(s['detail'])}")
     return "\n".join(lines)
+
+
+def _truncation_note(ids: list[str], n: int) -> str:
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    return (f"{len(ids)} of {n} prompts were longer than the model's context and were cut from the left "
+            f"(samples {shown}); their answers were scored in full, but the model did not see the start "
+            "of the prompt")
 
 
 # ---------------------------------------------------------------- assert_retained

@@ -44,6 +44,11 @@ OPTIONS: tuple[Option, ...] = (
            "PATH"),
     Option("prompt", "str", "prompt format: chat (the tokenizer's chat template; default when it has "
            "one), plain, or a format string such as 'Question: {question}\\nAnswer:'", "FORMAT"),
+    Option("system_prompt", "str", "a system prompt for every scored prompt (a system turn in chat "
+           "format, a first paragraph otherwise); kept exactly as written", "TEXT"),
+    Option("chat_template_args", "str", "extra arguments for the chat template, as a JSON object "
+           "(e.g. '{\"enable_thinking\": false}' or '{\"date_string\": \"26 Jul 2024\"}'); a template that "
+           "reads the date gets 26 Jul 2024 unless date_string is given", "JSON"),
     Option("device", "str", "auto (default), cpu, cuda, cuda:N, or sharded (device_map=auto over all GPUs)", "DEVICE"),
     Option("dtype", "str", "auto (default), float32, bfloat16 or float16", "DTYPE"),
     Option("batch_size", "int", "batch size of forward passes (default chosen by the library)", "N"),
@@ -57,6 +62,7 @@ OPTIONS: tuple[Option, ...] = (
            "instead of comparing with them"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
+_VERBATIM = {"prompt", "system_prompt"}  # a format string's trailing newline is part of the prompt
 
 # what each setting is, for "no ... configured" messages
 _WHAT = {
@@ -99,6 +105,8 @@ class Settings:
     holdout: str | None = None
     reference: str | None = None
     prompt: str | None = None  # None: chat when the tokenizer has a template, else plain
+    system_prompt: str | None = None
+    chat_template_args: str | None = None  # a JSON object
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int | None = None
@@ -118,6 +126,11 @@ class Settings:
         if self.batch_size is not None:
             self.batch_size = _to_int("batch_size", self.batch_size, minimum=1)
         self.seed = _to_int("seed", self.seed)
+        if self.chat_template_args is not None:
+            from .prompts import parse_template_args  # light: no torch
+
+            parse_template_args(self.chat_template_args,
+                                f"{ini_key('chat_template_args')} / {flag('chat_template_args')}")
 
     def require(self, name: str) -> str:
         """The value of a path setting, or the ConfigError that names its key and flag."""
@@ -181,7 +194,7 @@ def settings_from_config(config) -> Settings:
             value = config.getini(ini_key(opt.name))
             base = ini_dir
             if isinstance(value, str):
-                value = value.strip() or None
+                value = (value if opt.name in _VERBATIM else value.strip()) if value.strip() else None
             elif isinstance(value, list):  # an empty "string" ini value can read as []
                 value = None
         if value is None:
@@ -193,7 +206,7 @@ def settings_from_config(config) -> Settings:
         elif opt.kind == "int":
             value = _to_int(opt.name, value)
         elif opt.kind == "str":
-            value = str(value).strip()
+            value = str(value) if opt.name in _VERBATIM else str(value).strip()
         values[opt.name] = value
     return Settings(**values)
 

@@ -11,6 +11,10 @@ that happen to be named ``.json``), CSV (``.csv``) and Parquet (``.parquet``,
   and a single string is taken as a one-element list).
 * **Text** (MUSE style): ``text``, optionally split by a ``prompt`` and
   ``completion`` pair; without the pair, :func:`split_text` splits ``text``.
+  Nothing is rewritten: the model reads ``prompt + completion`` byte for byte (the
+  default split keeps the whitespace, so that is the original ``text``; an explicit pair
+  is joined exactly as given, no space inserted: ``"bro"`` + ``"wn fox"`` is read as
+  ``"brown fox"``).
 
 A file with ``question`` and ``answer`` columns is QA (even if it also has
 ``text``); one with ``text``, or with ``prompt`` and ``completion``, is text.
@@ -129,8 +133,9 @@ def split_text(text: str) -> tuple[str, str]:
     The text is split into words on whitespace; with ``n`` words the prompt is the
     first ``k = min(32, max(1, n // 2))`` words.  The cut is made at the character
     where word ``k + 1`` starts, so nothing is rewritten: the prompt is
-    ``text[:cut]`` without its trailing whitespace and the completion is
-    ``text[cut:]`` (it starts with a word).  ``"a b c d"`` gives ``("a b", "c d")``.
+    ``text[:cut]`` with its trailing whitespace (a space, a paragraph break) and the
+    completion is ``text[cut:]`` (it starts with a word); ``prompt + completion == text``.
+    ``"a b c d"`` gives ``("a b ", "c d")``.
     Raises ``ValueError`` for a text of fewer than 2 words (nothing to score).
     """
     starts = [i for i, ch in enumerate(text) if not ch.isspace() and (i == 0 or text[i - 1].isspace())]
@@ -138,7 +143,7 @@ def split_text(text: str) -> tuple[str, str]:
         raise ValueError(f"the text has {len(starts)} word(s); the default split needs at least 2 "
                          "(a prompt and something to score)")
     cut = starts[min(MAX_PROMPT_WORDS, max(1, len(starts) // 2))]
-    return text[:cut].rstrip(), text[cut:]
+    return text[:cut], text[cut:]
 
 
 def load_dataset(path: str | os.PathLike, *, name: str | None = None) -> Dataset:

@@ -55,6 +55,7 @@ class ScoreResult:
     data: str = ""
     attack: str | None = None
     cost: dict = field(default_factory=dict)
+    truncated: list = field(default_factory=list)  # ids of samples whose prompt was cut to fit the context
 
     def __repr__(self) -> str:
         return (f"ScoreResult({self.metric.name}={self.reduced:.4f} [{self.reduce}] on {self.data} "
@@ -135,12 +136,17 @@ class Scorer:
     """Computes metrics; shared by the assertions, calibration, attacks and notebooks."""
 
     def __init__(self, *, prompt: str | PromptFormat | None = None, batch_size: int | None = None,
-                 cache: ResultCache | None = None, progress: bool = False):
+                 cache: ResultCache | None = None, progress: bool = False,
+                 system_prompt: str | None = None, chat_template_args: str | dict | None = None):
         self.prompt = prompt
+        self.system_prompt = system_prompt
+        self.chat_template_args = chat_template_args
         self.batch_size = batch_size
         self.cache = cache or ResultCache(None)
         self.progress = progress
         self.cost = Cost()
+        self.last_truncated: list[int] = []  # positions the last encode cut to fit the context
+        self.truncated: list[str] = []  # ids of the samples the last per_sample cut (any prompt of theirs)
 
     @property
     def cache(self) -> ResultCache:
@@ -154,11 +160,14 @@ class Scorer:
 
     # ------------------------------------------------------------ building blocks
     def prompt_format(self, handle: "ModelHandle") -> PromptFormat:
-        return parse_prompt_format(self.prompt, handle.tokenizer)
+        return parse_prompt_format(self.prompt, handle.tokenizer, system=self.system_prompt,
+                                   template_args=self.chat_template_args)
 
     def encode(self, handle: "ModelHandle", parts: Sequence[PromptParts], names: Sequence[str] | None = None):
-        return encode(handle.tokenizer, self.prompt_format(handle), parts,
-                      max_length=handle.context_length, sample_names=names)
+        encoded = encode(handle.tokenizer, self.prompt_format(handle), parts,
+                         max_length=handle.context_length, sample_names=names)
+        self.last_truncated = [i for i, e in enumerate(encoded) if e.truncated]
+        return encoded
 
     def _batch_size(self, handle) -> int | None:
         return self.batch_size
@@ -306,14 +315,18 @@ class Scorer:
         m = get_metric(metric)
         names = _sample_names(dataset)
         parts = list(parts) if parts is not None else dataset_parts(dataset)
+        cut: set[int] = set()
+        self.truncated = []
         if m.source == "forward":
             stats = self.token_stats(handle, parts, names=names, logits_fn=logits_fn, variant=variant)
+            cut.update(self.last_truncated)
             values = np.array([m.fn(stats.sample(i), parts[i].answer) for i in range(len(parts))])
         elif m.source == "generation":
             generated = self.generate(handle, parts, names)
+            cut.update(self.last_truncated)
             values = np.array([m.fn(g, p.answer) for g, p in zip(generated, parts)])
         elif m.source == "truth_ratio":
-            values = self._truth_ratio(m, handle, dataset, parts, names, logits_fn, variant)
+            values = self._truth_ratio(m, handle, dataset, parts, names, logits_fn, variant, cut)
         else:
             raise MetricError(f"metric {m.name!r} has unknown source {m.source!r}")
         bad = np.flatnonzero(np.isnan(values))
@@ -322,9 +335,10 @@ class Scorer:
                 f"{m.name} is NaN for {len(bad)} of {len(values)} samples (first: {names[bad[0]]}); "
                 "the model produced NaN or inf logits, so no verdict can be given"
             )
+        self.truncated = [dataset.ids[i] for i in sorted(cut)]
         return values
 
-    def _truth_ratio(self, m, handle, dataset, parts, names, logits_fn, variant) -> np.ndarray:
+    def _truth_ratio(self, m, handle, dataset, parts, names, logits_fn, variant, cut: set) -> np.ndarray:
         if not dataset.has("perturbed_answer"):
             raise MetricError(
                 f"{dataset.source}: truth_ratio needs a 'perturbed_answer' column (a list of wrong "
@@ -335,7 +349,9 @@ class Scorer:
         para_parts = [p.with_(answer=a) for p, a in zip(parts, para)]
         flat = [(i, p.with_(answer=a)) for i, p in enumerate(parts) for a in pert[i]]
         s_para = self.token_stats(handle, para_parts, names=names, logits_fn=logits_fn, variant=variant)
+        cut.update(self.last_truncated)
         s_pert = self.token_stats(handle, [p for _, p in flat], logits_fn=logits_fn, variant=variant)
+        cut.update(flat[j][0] for j in self.last_truncated)
         grouped: list[list[np.ndarray]] = [[] for _ in parts]
         for j, (i, _) in enumerate(flat):
             grouped[i].append(s_pert.logprob[j])
@@ -350,4 +366,4 @@ class Scorer:
         values = self.per_sample(m, handle, dataset, parts=parts)
         series = pd.Series(values, index=pd.Index(dataset.ids, name="sample"), name=m.name)
         return ScoreResult(m, series, reduce_scores(values, reduce, m), reduce, handle.name,
-                           dataset.name, attack, self.cost.as_dict())
+                           dataset.name, attack, self.cost.as_dict(), truncated=list(self.truncated))

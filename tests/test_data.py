@@ -105,7 +105,7 @@ def test_text_every_format(tmp_path, fmt):
     data = load_dataset(write_as(tmp_path, fmt, TEXT))
     assert data.kind == "text" and data.name == "data"
     assert data.source == str(tmp_path / os.path.basename(data.source))
-    assert data.prompts == ["The quick brown fox", "Lorem ipsum dolor sit"]
+    assert data.prompts == ["The quick brown fox ", "Lorem ipsum dolor sit "]
     assert data.answers == ["jumps over the lazy dog.", "amet, consectetur adipiscing elit."]
     assert list(data.frame.columns) == ["text", "prompt", "completion"]
 
@@ -181,21 +181,23 @@ def test_dataset_from_records_errors_name_the_record():
 # -- the text split ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, prompt, completion", [
-    ("a b", "a", "b"),
-    ("a b c", "a", "b c"),
-    ("a b c d", "a b", "c d"),
-    ("one two three four five", "one two", "three four five"),
-    ("  lead  two\tthree\n\nfour  ", "  lead  two", "three\n\nfour  "),
-    ("x\u00a0y z w", "x\u00a0y", "z w"),  # non-breaking space is whitespace too
+    ("a b", "a ", "b"),
+    ("a b c", "a ", "b c"),
+    ("a b c d", "a b ", "c d"),
+    ("one two three four five", "one two ", "three four five"),
+    ("  lead  two\tthree\n\nfour  ", "  lead  two\t", "three\n\nfour  "),
+    ("first para.\n\nsecond para", "first para.\n\n", "second para"),  # the paragraph break is kept
+    ("x\u00a0y z w", "x\u00a0y ", "z w"),  # non-breaking space is whitespace too
 ])
 def test_split_text(text, prompt, completion):
     assert split_text(text) == (prompt, completion)
+    assert prompt + completion == text  # the model reads the original text byte for byte
 
 
 def test_split_text_caps_prompt_at_32_words():
     words = [f"w{i}" for i in range(100)]
     prompt, completion = split_text(" ".join(words))
-    assert prompt == " ".join(words[:32]) and completion == " ".join(words[32:])
+    assert prompt == " ".join(words[:32]) + " " and completion == " ".join(words[32:])
 
 
 @pytest.mark.parametrize("text", ["", "   ", "single", "  single \n"])
@@ -219,7 +221,7 @@ def test_pair_wins_over_text_and_missing_pair_falls_back(tmp_path):
                                      "alpha beta gamma,alpha,beta gamma!\n"
                                      "one two three four,,\n")
     data = load_dataset(path)
-    assert data.prompts == ["alpha", "one two"]
+    assert data.prompts == ["alpha", "one two "]
     assert data.answers == ["beta gamma!", "three four"]
     assert list(data.frame["text"]) == ["alpha beta gamma", "one two three four"]
 

@@ -3,9 +3,10 @@
 Each attack builds modified :class:`~pytest_unlearn.prompts.PromptParts` (one list per
 variant: a jailbreak template, a rewrite rule) and scores them with
 ``ctx.scorer.per_sample(metric, model, data, parts=...)``; the outcome is the per-sample
-worst case (most knowledge) over the variants.  The scored answer is never changed,
-except that a prefill in chat format gets a leading space so the answer follows it as
-natural text.  Cost: one scoring pass per variant (forward-pass metrics need one
+worst case (most knowledge) over the variants.  The scored answer is never changed
+(after a prefilled assistant turn, :func:`~pytest_unlearn.prompts.encode` puts the joining
+space before whatever answer is scored, so the paraphrased and perturbed answers of
+``truth_ratio`` get it too).  Cost: one scoring pass per variant (forward-pass metrics need one
 teacher-forced pass per batch; ``rouge_l`` generates).
 
 Text (MUSE-style) rows are raw context, not questions: instructions are put on a line
@@ -126,9 +127,8 @@ class Prefill(Attack):
                     multi=True),)
 
     def _run(self, metric, model, data, ctx):
-        text = self.text.rstrip(" ")  # the space before the answer is added below / by encode
+        text = self.text.rstrip(" ")  # encode() puts the space between prefill and answer
         fmt = ctx.scorer.prompt_format(model)
-        chat = fmt.kind == "chat"
         out = []
         for p in dataset_parts(data):
             if not p.templated:  # raw context: the prefix goes on its own line before it
@@ -136,11 +136,7 @@ class Prefill(Attack):
                 continue
             context = render_context(model.tokenizer, fmt, p)
             prefill = text if text[:1].isspace() or context[-1:].isspace() else " " + text
-            if chat and not text[-1].isspace() and not p.answer[:1].isspace():
-                # chat answers are scored without a joining space: add it to the answer
-                out.append(p.with_(prefill=prefill, answer=" " + p.answer))
-            else:  # plain and format strings: encode() joins prefill and answer with a space
-                out.append(p.with_(prefill=prefill))
+            out.append(p.with_(prefill=prefill))
         notes = [f"prefill: assistant turn starts with {text!r}"]
         if any(not p.templated for p in out):
             notes.append("prefill: text rows have no assistant turn; the prefix is a line before the context")
