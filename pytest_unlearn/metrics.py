@@ -236,3 +236,6 @@ def mia_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float], m
 def privleak(auc_unlearned: float, auc_reference: float) -> float:
     """MUSE PrivLeak: ``(AUC_unlearned - AUC_reference) / AUC_reference * 100``."""
     return (auc_unlearned - auc_reference) / auc_reference * 100.0
+
+
+from . import multiple_choice as _multiple_choice  # noqa: E402,F401  registers mc_acc, mc_prob, mc_acc_text
