@@ -434,6 +434,13 @@ _register("mc_acc_text", normalised_text_accuracy,
           "multiple-choice accuracy by choice-text log-likelihood per character (lm-eval acc_norm)")
 
 
+def scorable(metric: Metric, dataset: "Dataset") -> bool:
+    """Whether ``metric`` can score ``dataset``'s rows: a multiple-choice metric needs
+    multiple-choice rows (calibration skips the forget score of a QA forget set when it
+    calibrates on a multiple-choice utility set)."""
+    return getattr(metric, "source", None) != "multiple_choice" or is_multiple_choice(dataset)
+
+
 # ---------------------------------------------------------------- chance in the verdict
 
 def chance_level(metric: Metric, dataset: "Dataset") -> float | None:

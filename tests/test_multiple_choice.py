@@ -322,3 +322,68 @@ def test_paraphrase_scores_the_paraphrased_question(setup):
                      AttackContext(scorer=Scorer(prompt="plain")))
     swapped = dataset_from_records([dict(r, question=r["paraphrased_question"]) for r in rows])
     np.testing.assert_allclose(out.values, Scorer(prompt="plain").per_sample("mc_prob", handle, swapped))
+
+
+@pytest.mark.parametrize("spec", ["quantize:4", "relearn:steps=2,folds=2", "logit_lens:layers=0", "icl:shots=2"])
+def test_weight_attacks_logit_lens_and_icl_run_on_multiple_choice_rows(setup, spec):
+    _, model, handle, data = setup
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = AttackContext(scorer=Scorer(prompt="plain"), original=handle, forget=data, retain=data)
+    out = run_attack(spec, "mc_prob", handle, data, ctx)
+    values = np.asarray(out.values)
+    assert values.shape == (len(ROWS),) and np.all((values > 0) & (values < 1))
+    assert not np.allclose(values, Scorer(prompt="plain").per_sample("mc_prob", handle, data))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored
+
+
+def test_logit_lens_reads_the_letters_at_an_earlier_layer(setup):
+    """logit_lens at layer L equals the letter distribution of the model cut after L layers
+    (final norm and LM head applied to that layer's hidden state), computed here directly."""
+    tok, model, handle, data = setup
+    out = run_attack("logit_lens:layers=1", "mc_prob", handle, data,
+                     AttackContext(scorer=Scorer(prompt="plain", batch_size=3)))
+    for i, row in enumerate(ROWS):
+        letters = "ABCDEFGHIJ"[:len(row["choices"])]
+        prompt = MC.letter_prompt(row["question"], row["choices"], row.get("subject"))
+        ids = tok(prompt)["input_ids"]
+        with torch.no_grad():
+            hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[1]
+            lp = torch.log_softmax(model.lm_head(model.model.norm(hidden))[0, -1].double(), -1)
+        lls = np.array([float(lp[tok(" " + l, add_special_tokens=False)["input_ids"][0]]) for l in letters])
+        assert out.values[i] == pytest.approx(np.exp(lls[row["answer"]]) / np.exp(lls).sum(), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def saved(setup, tmp_path_factory):
+    tok, model, _, _ = setup
+    folder = tmp_path_factory.mktemp("mc_models")
+    for name, seed in (("original", 9), ("unlearned", 4)):
+        m = model if name == "unlearned" else tiny_llama(tok, seed=seed)
+        m.save_pretrained(folder / name)
+        tok.save_pretrained(folder / name)
+    _jsonl(folder / "mmlu_subset.jsonl", ROWS)
+    _jsonl(folder / "forget.jsonl", [{"question": "Who wrote it?", "answer": "Ann Smith"}])
+    return folder
+
+
+def test_assert_retained_and_calibration_on_a_multiple_choice_retain_set(saved):
+    from pytest_unlearn.assertions import assert_retained
+
+    suite = Suite.from_paths(original=saved / "original", model=saved / "unlearned",
+                             forget=saved / "forget.jsonl", retain=saved / "mmlu_subset.jsonl",
+                             cache_dir=None, prompt="plain", device="cpu")
+    data = str(saved / "mmlu_subset.jsonl")
+    orig = suite.scorer.per_sample("mc_prob", suite.original, suite.retain).mean()
+    unl = suite.scorer.per_sample("mc_prob", suite.unlearned, suite.retain).mean()
+    ratio = unl / orig
+    assert ratio < 0.99  # the fixture's unlearned model keeps less than the original
+    result = assert_retained("mc_prob", data=data, min_ratio=ratio - 0.01, suite=suite)
+    assert result.score == pytest.approx(unl) and result.original_score == pytest.approx(orig)
+    with pytest.raises(AssertionError, match="mc_prob"):
+        assert_retained("mc_prob", data=data, min_ratio=ratio + 0.01, suite=suite)
+    # mixed shapes in one suite: a QA forget set and an MMLU-style retain set
+    assert suite.scorer.per_sample("es", suite.unlearned, suite.forget).shape == (1,)
+    cal = suite.calibrate(tau=0.9, metric="mc_prob")
+    assert 0.0 <= cal.alpha <= 1.0
+    kept = suite.scorer.per_sample("mc_prob", cal.model, suite.retain).mean()
+    assert kept >= 0.9 * orig - 1e-6 or cal.alpha == 0.0
