@@ -387,3 +387,13 @@ def test_assert_retained_and_calibration_on_a_multiple_choice_retain_set(saved):
     assert 0.0 <= cal.alpha <= 1.0
     kept = suite.scorer.per_sample("mc_prob", cal.model, suite.retain).mean()
     assert kept >= 0.9 * orig - 1e-6 or cal.alpha == 0.0
+
+
+def test_logit_lens_on_choice_texts_uses_the_lens_logits(setup):
+    _, _, handle, data = setup
+    lens = run_attack("logit_lens:layers=0", "mc_acc_text", handle, data,
+                      AttackContext(scorer=Scorer(prompt="plain")))
+    final = run_attack("logit_lens:layers=-1", "mc_acc_text", handle, data,
+                       AttackContext(scorer=Scorer(prompt="plain")))
+    np.testing.assert_array_equal(final.values, Scorer(prompt="plain").per_sample("mc_acc_text", handle, data))
+    assert set(np.unique(lens.values)) <= {0.0, 1.0} and lens.values.shape == (len(ROWS),)
