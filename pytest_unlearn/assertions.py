@@ -301,9 +301,9 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     import pandas as pd
 
     from .metrics import get_metric, reduce_scores
+    from .multiple_choice import resolve_threshold
 
     m = get_metric(metric)
-    threshold = _check_threshold(m, threshold)
     reduce = _check_reduce(reduce)
     if confidence is not None:
         confidence = _check_fraction("confidence", confidence, inclusive_one=False)
@@ -318,6 +318,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
                 seen.add(a.spec)
                 attacks[item.strip() if isinstance(item, str) else a.spec] = a
     dataset = suite.data(data)
+    threshold = _check_threshold(m, resolve_threshold(m, threshold, dataset))  # "chance+0.05" -> a number
     record.update(metric=m.name, direction=m.direction, higher_is_more_knowledge=m.higher_is_more_knowledge,
                   threshold=threshold, reduce=reduce, under_attack=list(attacks),
                   attack_specs=[a.spec for a in attacks.values()], data=_data_info(dataset),
@@ -492,6 +493,9 @@ def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound,
              f"the {label} model scores {fmt(score)} (reduce={reduce}, worst case per sample over "
              f"{len(rows)} condition{'s' if len(rows) > 1 else ''}); it must be {word} {fmt(threshold)} "
              f"to count as forgotten"]
+    from .multiple_choice import chance_note
+
+    lines += [chance] if (chance := chance_note(m, dataset)) else []
     if bound is not None:
         lines.append(f"{confidence:.0%} bootstrap bound ({BOOTSTRAP_RESAMPLES} resamples, seed {seed}): {fmt(bound)}")
     has_ref = any(r["reference"] is not None for r in rows)

@@ -339,6 +339,8 @@ def calibrate(original: "ModelHandle", unlearned: "ModelHandle", retain: "Datase
         raise ConfigError(f"calibration grid must have at least 3 points, got {grid!r}")
     tau, tol, grid = float(tau), float(tol), int(grid)
     m = get_metric(metric)
+    from .multiple_choice import scorable
+    forget = forget if forget is None or scorable(m, forget) else None  # QA forget set, MMLU-style retain set
     if scorer is None:
         from .scoring import Scorer
         scorer = Scorer(cache=cache, progress=progress)

@@ -44,6 +44,7 @@ from typing import Any, Iterable, Mapping, Optional, Tuple
 import numpy as np
 import pandas as pd
 
+from . import multiple_choice
 from .errors import DataError
 
 __all__ = ["DataWarning", "Dataset", "dataset_from_records", "load_dataset", "split_text"]
@@ -351,9 +352,12 @@ def _build(rows: list, path: str, role: str | None, *, name: str, source: str) -
     columns = list(dict.fromkeys(k for record in records for k in record))
     kind = _detect_kind(columns, path)
     make_row = _qa_row if kind == "qa" else _text_row
+    if kind == "qa" and multiple_choice.is_multiple_choice_columns(columns):
+        make_row = multiple_choice.mc_row  # question, choices, answer as an index (see that module)
     out = [make_row(record, set(columns), path, where) for (where, _), record in zip(rows, records)]
     known = [c for c in (QA_FIELDS if kind == "qa" else TEXT_FIELDS) if c in out[0]]
-    frame = pd.DataFrame(out, columns=known + [c for c in columns if c not in known])
+    kept = list(dict.fromkeys(k for row in out for k in row))  # the rows' fields (a row hook may add some)
+    frame = pd.DataFrame(out, columns=known + [c for c in kept if c not in known])
     dataset = Dataset(frame, kind, name=name, source=source, locations=[_label(where) for where, _ in rows])
     for note in _notes(dataset, [where for where, _ in rows], path):
         warnings.warn(note, DataWarning, stacklevel=3)  # at the caller of load_dataset
@@ -517,7 +521,8 @@ def _notes(dataset: Dataset, wheres: list, path: str) -> list[str]:
         notes.append(f"{path}: {len(duplicates)} duplicate record(s), the first at {_label(where)} "
                      f"(same as {_label(original)}); each copy gets its own id and counts in every "
                      "metric: remove them if they are not meant")
-    short = [(where, a) for where, a in zip(wheres, dataset.answers) if len(a.strip()) < 2]
+    short = [] if multiple_choice.is_multiple_choice(dataset) else [  # choices such as "4" are normal
+        (where, a) for where, a in zip(wheres, dataset.answers) if len(a.strip()) < 2]
     if short:
         where, answer = short[0]
         notes.append(f"{path}: {len(short)} answer(s) shorter than 2 characters, the first at "

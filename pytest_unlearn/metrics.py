@@ -328,3 +328,6 @@ def privleak(auc_unlearned: float, auc_reference: float) -> float:
         raise ValueError("privleak is undefined for a reference AUC of 1: the reference model "
                          "separates the forget set from the holdout perfectly")
     return (muse_unlearned - muse_reference) / muse_reference * 100.0
+
+
+from . import multiple_choice as _multiple_choice  # noqa: E402,F401  registers mc_acc, mc_prob, mc_acc_text

@@ -327,6 +327,10 @@ class Scorer:
             values = np.array([m.fn(g, p.answer) for g, p in zip(generated, parts)])
         elif m.source == "truth_ratio":
             values = self._truth_ratio(m, handle, dataset, parts, names, logits_fn, variant, cut)
+        elif m.source == "multiple_choice":
+            from .multiple_choice import score_multiple_choice
+            values = score_multiple_choice(self, m, handle, dataset, parts, names, logits_fn=logits_fn,
+                                           variant=variant)
         else:
             raise MetricError(f"metric {m.name!r} has unknown source {m.source!r}")
         bad = np.flatnonzero(np.isnan(values))
