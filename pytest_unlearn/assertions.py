@@ -263,11 +263,13 @@ def bootstrap_bound(values, m: "Metric", reduce: str, confidence: float, seed: i
     return float(np.quantile(stats, q))
 
 
-def _uninformative(clean_original, attacked_original, m) -> bool:
-    """Whether a weight attack wipes out the original's knowledge (judged on mean scores)."""
+def _uninformative(attack, clean_original, attacked_original, m, reference=None) -> bool:
+    """Whether an attack wipes out the original's knowledge (the one rule of
+    :func:`~pytest_unlearn.attacks.attack_is_uninformative`, on per-sample scores)."""
     from .attacks import attack_is_uninformative
 
-    return bool(attack_is_uninformative(float(clean_original.mean()), float(attacked_original.mean()), m))
+    return bool(attack_is_uninformative(clean_original, attacked_original, m, reference=reference,
+                                        attack=attack))
 
 
 def _generate(suite: Suite, handle, dataset, positions: list[int]) -> list[str]:
@@ -365,8 +367,9 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     uninformative: list[str] = []
     if "original" in control_vals:
         orig = control_vals["original"]
+        ref_none = control_vals["reference"]["none"] if "reference" in control_vals else None
         for label, a in attacks.items():
-            if a.kind == "weight" and _uninformative(orig["none"], orig[label], m):
+            if _uninformative(a, orig["none"], orig[label], m, ref_none):
                 uninformative.append(label)
                 notes.append(f"{label}: {UNINFORMATIVE}: the original model scores "
                              f"{fmt(reduce_scores(orig[label], reduce))} under it vs "

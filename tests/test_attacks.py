@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -199,6 +200,56 @@ def test_attack_is_uninformative():
     assert not attack_is_uninformative(0.8, 0.7, "es", tolerance=0.8)
     assert attack_is_uninformative(0.8, 0.7, "es", tolerance=0.9)
     assert not attack_is_uninformative(float("nan"), 0.0, "es")
+
+
+@pytest.mark.parametrize("metric, clean, attacked, reference, kept", [
+    # higher = more knowledge: the score itself, from 0 (chance) or from the reference
+    ("es", 0.8, 0.3, None, 0.3 / 0.8),
+    ("es", 0.8, 0.5, None, 0.5 / 0.8),
+    ("es", 0.8, 0.45, 0.2, (0.45 - 0.2) / (0.8 - 0.2)),
+    ("prob", 0.9, 0.6, None, 0.6 / 0.9),
+    # perplexity: on the token-probability scale 1/ppl (1.01 -> 1.03 is 0.990 -> 0.971)
+    ("ppl", 1.01, 1.03, None, (1 / 1.03) / (1 / 1.01)),
+    ("ppl", 1.01, 3.0, None, (1 / 3.0) / (1 / 1.01)),
+    ("ppl", 1.01, 2.0, 5.0, (1 / 2.0 - 1 / 5.0) / (1 / 1.01 - 1 / 5.0)),
+    # mean NLL: exp(-NLL), the same probability
+    ("mia_loss", 0.01, 0.03, None, math.exp(-0.03) / math.exp(-0.01)),
+    # truth ratio: 1 - R (R = 1: no preference for the true answer)
+    ("truth_ratio", 0.1, 0.6, None, (1 - 0.6) / (1 - 0.1)),
+    ("truth_ratio", 0.1, 0.2, 0.9, (0.9 - 0.2) / (0.9 - 0.1)),
+    # no chance level: only against a reference, in the metric's own units
+    ("mia_zlib", 0.01, 0.05, 0.06, (0.06 - 0.05) / (0.06 - 0.01)),
+    ("mia_min_k_pp", 2.0, 1.0, 0.0, (1.0 - 0.0) / (2.0 - 0.0)),
+])
+def test_knowledge_kept_means_the_same_for_every_metric(metric, clean, attacked, reference, kept):
+    from pytest_unlearn.attacks import knowledge_kept
+
+    assert knowledge_kept(clean, attacked, metric, reference) == pytest.approx(kept)
+    assert attack_is_uninformative(clean, attacked, metric, reference=reference) == (kept < 0.5)
+
+
+def test_a_small_perplexity_rise_is_not_destroyed_knowledge():
+    """ppl 1.01 -> 1.03 (probability 0.990 -> 0.971) keeps 98% of the knowledge; measured from
+    the bound (perfect knowledge) it read as tripled distance, i.e. destroyed."""
+    assert not attack_is_uninformative(1.01, 1.03, "ppl")
+    assert not attack_is_uninformative(0.01, 0.03, "mia_loss")
+    assert not attack_is_uninformative(0.01, 0.03, "truth_ratio")
+    assert attack_is_uninformative(1.01, 3.0, "ppl")
+
+
+def test_uninformative_is_one_rule_for_every_kind_of_attack():
+    from pytest_unlearn.attacks import judged_by_control, knowledge_kept
+
+    weight, lens, prompt = parse_attack("quantize:4"), parse_attack("logit_lens"), parse_attack("paraphrase")
+    assert judged_by_control(weight) and judged_by_control(lens) and not judged_by_control(prompt)
+    assert attack_is_uninformative(1.0, 0.1, "es", attack=weight)
+    assert attack_is_uninformative(1.0, 0.1, "es", attack=lens)  # the assertions skipped it, the audit did not
+    assert not attack_is_uninformative(1.0, 0.1, "es", attack=prompt)
+    # nothing to measure: no chance level and no reference, an original at chance, NaN
+    assert knowledge_kept(0.01, 0.05, "mia_zlib") is None
+    assert knowledge_kept(0.1, 0.0, "es", reference=0.2) is None
+    # per-sample arrays: mapped per sample, then averaged
+    assert knowledge_kept([1.0, 2.0], [2.0, 4.0], "ppl") == pytest.approx((0.5 + 0.25) / (1.0 + 0.5))
 
 
 # ---------------------------------------------------------------- every attack runs
