@@ -17,11 +17,15 @@ never passes on what remained.
   seeded by ``unlearn_seed``) of that reduced score, taken in the knowledge direction,
   to be within the threshold;
 * controls: every attack also runs on the original model and, when configured, on the
-  reference model.  A weight attack that also wipes out the *original's* knowledge is
-  **uninformative**: it cannot show that anything was forgotten.  It still counts in the
-  worst case (it can only raise it, so it never makes a gate pass), but its row reads
+  reference model.  An attack that also wipes out the *original's* knowledge is
+  **uninformative** (:func:`~pytest_unlearn.attacks.attack_is_uninformative`, one rule for
+  every metric and attack kind): it cannot show that anything was forgotten.  It still counts
+  in the worst case (it can only raise it, so it never makes a gate pass), but its row reads
   "uninformative" instead of "ok", the message and report say why, and an
-  :class:`UnlearnWarning` is issued.  The gate fails only if a component leaks.
+  :class:`UnlearnWarning` is issued.  The gate fails only if a component leaks;
+* the reference rule: with a reference model, an attacked score counts for a sample only
+  where it shows strictly more knowledge than the reference's under the same attack on the
+  same sample; elsewhere the sample keeps its no-attack score (docs/attacks.md, "Controls").
 """
 
 from __future__ import annotations
@@ -381,12 +385,25 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     elif attacks:
         notes.append("no original model configured (unlearn_original / --unlearn-original): "
                      "the attacks ran without a control")
+    # -- the reference rule: under an attack, a sample counts only with more knowledge than the
+    #    never-knew reference model shows under the same attack on the same sample
+    counted = dict(model_vals)
+    explained: dict[str, int] = {}
+    kept = {c: np.ones(len(dataset), dtype=bool) for c in comps}
     if "reference" in control_vals:
         for c in comps[1:]:
-            ref = reduce_scores(control_vals["reference"][c], reduce)
+            ref_c = control_vals["reference"][c]
+            beyond = ref_c < model_vals[c] if m.higher_is_more_knowledge else ref_c > model_vals[c]
+            explained[c], kept[c] = int((~beyond).sum()), beyond
+            counted[c] = np.where(beyond, model_vals[c], model_vals["none"])
+            ref = reduce_scores(ref_c, reduce)
             if m.more_knowledge(ref, threshold):
                 notes.append(f"{c}: the reference model (never saw the forget set) also scores {fmt(ref)}, "
                              f"beyond the threshold: the attack injects knowledge")
+            if explained[c] and m.more_knowledge(reduce_scores(model_vals[c], reduce), threshold):
+                notes.append(f"{c}: on {explained[c]} of {len(dataset)} samples the model shows no more knowledge "
+                             f"under it than the reference model under the same attack; there the attack's score "
+                             f"is not counted (the no-attack score is)")
     for c in comps[1:]:
         for note in getattr(outcomes[c], "notes", None) or []:
             notes.append(note if note.startswith(by_spec[c].name) else f"{c}: {note}")
@@ -395,7 +412,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
                                      f"of forgetting"), stacklevel=3)
 
     # -- the verdict: per-sample worst case, reduced, optionally bootstrapped
-    stack = np.vstack([model_vals[c] for c in comps])
+    stack = np.vstack([counted[c] for c in comps])
     worst = m.knowledge_max(stack)
     worst_at = (np.argmax if m.higher_is_more_knowledge else np.argmin)(stack, axis=0)
     score = reduce_scores(worst, reduce)
@@ -404,7 +421,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     if confidence is not None:
         bound = bootstrap_bound(worst, m, reduce, confidence, suite.settings.seed)
         passed = passed and not m.more_knowledge(bound, threshold)
-    reduced = {c: reduce_scores(model_vals[c], reduce) for c in comps}
+    reduced = {c: reduce_scores(counted[c], reduce) for c in comps}
 
     ids = list(dataset.ids)
     frame = pd.DataFrame({c: model_vals[c] for c in comps}, index=pd.Index(ids, name="sample"))
@@ -419,7 +436,10 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
         leak = m.more_knowledge(reduced[c], threshold)
         rows.append({
             "attack": c, "spec": by_spec[c].spec if c in by_spec else None,
-            "kind": by_spec[c].kind if c in by_spec else None, "score": reduced[c],
+            "kind": by_spec[c].kind if c in by_spec else None,
+            "score": reduce_scores(model_vals[c], reduce), "counted": reduced[c],
+            "explained_by_reference": explained.get(c),
+            "excluded": getattr(outcomes[c], "excluded", None),
             "original": reduce_scores(control_vals["original"][c], reduce) if "original" in control_vals else None,
             "reference": reduce_scores(control_vals["reference"][c], reduce) if "reference" in control_vals else None,
             "verdict": "leak" if leak else ("uninformative" if c in uninformative else "ok"),
@@ -429,6 +449,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     samples = {}
     for i, sid in enumerate(ids):
         entry = {"scores": {c: float(model_vals[c][i]) for c in comps}, "worst": float(worst[i]),
+                 "counted": {c: bool(kept[c][i]) for c in comps},
                  "worst_attack": comps[worst_at[i]]}
         for role, vals in control_vals.items():
             entry[role] = {c: float(vals[c][i]) for c in comps}
@@ -484,6 +505,9 @@ def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound,
     body = []
     for r in rows:
         verdict = UNINFORMATIVE if r["verdict"] == "uninformative" else r["verdict"]
+        if r.get("explained_by_reference") and r["verdict"] != "leak" and r["counted"] != r["score"]:
+            verdict += (f" (on {r['explained_by_reference']} sample(s) no more than the reference: "
+                        f"counted {fmt(r['counted'])})")
         body.append([r["attack"], fmt(r["score"]), fmt(r["original"])] + ([fmt(r["reference"])] if has_ref else [])
                     + [verdict])
     pad = [""] + ([""] if has_ref else [])

@@ -229,3 +229,88 @@ def test_calibrate_scores_the_calibrated_model(good):
     calibration = good.calibrate(0.9)
     assert result.record["calibrate"]["alpha"] == pytest.approx(calibration.alpha)
     assert result.record["model"]["fingerprint"] == calibration.model.fingerprint
+
+
+# ---------------------------------------------------------------- the reference rule
+
+@pytest.fixture(scope="module")
+def reference_gate(toy_world):
+    """The unlearned model is the reference itself: the gold standard of forgetting."""
+    suite = Suite.from_paths(original=toy_world["original"], model=toy_world["reference"],
+                             reference=toy_world["reference"], forget=toy_world["forget"],
+                             retain=toy_world["retain"], cache_dir=None)
+    yield suite
+    suite.close()
+
+
+@pytest.fixture(scope="module")
+def twin(toy_world, tmp_path_factory):
+    """A model that scores like the reference with no attack but is another model (weights
+    nudged by 1e-6), with the reference as the control."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("twin") / "twin"
+    shutil.copytree(toy_world["reference"], folder)
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] * (1 + 1e-6)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    suite = Suite.from_paths(original=toy_world["original"], model=folder, reference=toy_world["reference"],
+                             forget=toy_world["forget"], retain=toy_world["retain"], cache_dir=None)
+    yield suite
+    suite.close()
+
+
+def test_the_reference_passes_its_own_gate_under_relearning_on_the_forget_set(reference_gate, bad):
+    """docs/attacks.md: a leak is recovery above what the attack gives the never-knew reference.
+    Relearning on forget folds lifts even the reference beyond 0.17 (the answers' shape is
+    learnable); that is no leak.  The original, under the same gate, still fails."""
+    attacks_available("relearn")
+    spec = "relearn:on=forget"
+    result = assert_forgotten("es", 0.17, under_attack=[spec], suite=reference_gate)
+    row = result.record["attacks"][1]
+    assert row["score"] > 0.17  # what the attack gave, counted only beyond the reference
+    assert row["explained_by_reference"] == len(reference_gate.forget) and row["verdict"] == "ok"
+    assert result.score == pytest.approx(result.scores["none"].mean())
+    with pytest.raises(UnlearningAssertionError, match=r"leak"):
+        assert_forgotten("es", 0.17, under_attack=[spec], suite=bad)
+
+
+def _by_model(values_for):
+    """A custom weight attack whose per-sample score depends on the model it attacks."""
+    def values(model, data):
+        role = "twin" if "twin" in str(model.source) else "reference" if "reference" in str(model.source) \
+            else "original"
+        return np.asarray(values_for[role](len(data)), dtype=np.float64)
+    return values
+
+
+def test_under_a_reference_only_recovery_beyond_it_counts_per_sample(twin):
+    attacks_available()
+    as_much = _custom_attack("lift", "weight", _by_model({
+        "twin": lambda n: np.full(n, 0.6), "reference": lambda n: np.full(n, 0.6),
+        "original": lambda n: np.ones(n)}))
+    result = assert_forgotten("es", 0.25, under_attack=[as_much], suite=twin)
+    assert result.record["attacks"][1]["explained_by_reference"] == len(twin.forget)
+    assert "no more knowledge under it than the reference" in " ".join(result.notes)
+    # one sample recovers beyond the reference: it counts in full, and that tips the mean
+    one_more = _custom_attack("lift", "weight", _by_model({
+        "twin": lambda n: np.r_[0.95, np.full(n - 1, 0.6)], "reference": lambda n: np.full(n, 0.6),
+        "original": lambda n: np.ones(n)}))
+    clean = result.scores["none"].to_numpy()
+    expected = np.r_[0.95, clean[1:]].mean()
+    assert expected > 0.25
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.25, under_attack=[one_more], suite=twin)
+    assert info.value.result.score == pytest.approx(expected)
+    assert info.value.result.scores["worst_attack"].tolist()[0] == "lift"
+    # without a reference the rule does not apply: today's worst case over every attack
+    plain = Suite.from_paths(original=twin.settings.original, model=twin.settings.model,
+                             forget=twin.settings.forget, retain=twin.settings.retain, cache_dir=None)
+    try:
+        with pytest.raises(UnlearningAssertionError):
+            assert_forgotten("es", 0.25, under_attack=[as_much], suite=plain)
+    finally:
+        plain.close()
