@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 __tracebackhide__ = True  # pytest hides every frame of this module in tracebacks
 
-__all__ = ["assert_forgotten", "assert_retained", "ForgettingResult", "RetentionResult", "UnlearnWarning"]
+__all__ = ["assert_forgotten", "assert_retained", "ForgettingResult", "RetentionResult", "UnlearnWarning",
+           "VacuousCheckError"]
 
 BOOTSTRAP_RESAMPLES = 1000
 MAX_SHOWN_SAMPLES = 5
@@ -59,6 +60,11 @@ DEFAULT_TAU = 0.9
 
 class UnlearnWarning(UserWarning):
     """Something about an unlearning check the user should know (e.g. an uninformative attack)."""
+
+
+class VacuousCheckError(ConfigError):
+    """``assert_forgotten`` would pass only because the original model already scores within
+    the threshold, and ``unlearn_strict_vacuous`` refuses such passes."""
 
 
 @dataclass
@@ -369,6 +375,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     # -- controls: uninformative attacks, injected knowledge, data the original never knew
     notes: list[str] = []
     uninformative: list[str] = []
+    vacuous = None  # the note when the original already scores within the threshold
     if "original" in control_vals:
         orig = control_vals["original"]
         ref_none = control_vals["reference"]["none"] if "reference" in control_vals else None
@@ -379,9 +386,10 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
                              f"{fmt(reduce_scores(orig[label], reduce))} under it vs "
                              f"{fmt(reduce_scores(orig['none'], reduce))} without; it is no evidence of forgetting")
         if not m.more_knowledge(reduce_scores(orig["none"], reduce), threshold):
-            notes.append(f"the original model scores {fmt(reduce_scores(orig['none'], reduce))} with no attack, "
-                         f"already within the threshold: it may never have known this data, so passing "
-                         f"shows little")
+            vacuous = (f"the original model scores {fmt(reduce_scores(orig['none'], reduce))} on {dataset.name} "
+                       f"with no attack, already within the threshold {fmt(threshold)}: it may never have known "
+                       f"this data (or this is not the forget set it was unlearned on), so passing shows little")
+            notes.append(vacuous)
     elif attacks:
         notes.append("no original model configured (unlearn_original / --unlearn-original): "
                      "the attacks ran without a control")
@@ -407,9 +415,12 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     for c in comps[1:]:
         for note in getattr(outcomes[c], "notes", None) or []:
             notes.append(note if note.startswith(by_spec[c].name) else f"{c}: {note}")
-    for spec in uninformative:
-        warnings.warn(UnlearnWarning(f"attack {spec} is {UNINFORMATIVE}; it is not counted as evidence "
-                                     f"of forgetting"), stacklevel=3)
+    warned = [f"attack {spec} is {UNINFORMATIVE}; it is not counted as evidence of forgetting"
+              for spec in uninformative]
+    if vacuous:
+        warned.append(f"vacuous check: {vacuous}")
+    for text in warned:
+        warnings.warn(UnlearnWarning(text), stacklevel=3)
 
     # -- the verdict: per-sample worst case, reduced, optionally bootstrapped
     stack = np.vstack([counted[c] for c in comps])
@@ -455,7 +466,12 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
             entry[role] = {c: float(vals[c][i]) for c in comps}
         samples[sid] = entry
     record.update(verdict="pass" if passed else "fail", score=score, bound=bound, confidence=confidence,
-                  attacks=rows, uninformative=uninformative, notes=notes, samples=samples, worst_samples=[])
+                  attacks=rows, uninformative=uninformative, notes=notes, samples=samples, worst_samples=[],
+                  vacuous=vacuous is not None, warnings=warned)
+    if passed and vacuous is not None and getattr(suite.settings, "strict_vacuous", False):
+        raise VacuousCheckError(f"vacuous pass refused (unlearn_strict_vacuous / --unlearn-strict-vacuous): "
+                                f"{vacuous}. Point the gate at the data the original model knew (unlearn_forget "
+                                f"/ data=), or check that unlearn_original is the model before unlearning")
 
     result = ForgettingResult(m, threshold, reduce, score, reduced, frame, passed, bound, confidence,
                               uninformative, notes, record)
