@@ -533,3 +533,64 @@ def test_logit_lens_names_the_architecture_without_a_final_norm():
 
     with pytest.raises(AttackError, match="Bilinear"):
         find_final_norm(torch.nn.Bilinear(2, 2, 2))
+
+
+# ---------------------------------------------------------------- attack inputs that hold the answer
+
+def _with_leaks(world):
+    """The forget set with a duplicate of its first fact under a paraphrased question, and a
+    retain set with a row that repeats the second forget fact (answer differently spaced and
+    punctuated)."""
+    forget = world["forget"].records()
+    retain = world["retain"].records()
+    dup = {"question": forget[0]["paraphrased_question"], "answer": forget[0]["answer"]}
+    repeat = {"question": "Tell me something true.", "answer": "  " + forget[1]["answer"].upper().rstrip(".") + " !"}
+    qa = lambda rows: [{"question": r["question"], "answer": r["answer"]} for r in rows]  # noqa: E731
+    return (dataset_from_records(qa(forget) + [dup], name="forget"),
+            dataset_from_records(qa(retain) + [repeat], name="retain"))
+
+
+def test_normalise_answer():
+    from pytest_unlearn.attacks import normalise_answer
+
+    assert normalise_answer(" Paris.") == normalise_answer("paris") == "paris"
+    assert normalise_answer("Zorbin Quill was born in Vellmar.") == normalise_answer("ZORBIN QUILL WAS BORN IN VELLMAR !")
+    assert normalise_answer("born in Vellmar") != normalise_answer("born in Kelpford")
+
+
+def test_icl_never_shows_a_shot_that_states_the_scored_answer(world):
+    from pytest_unlearn.attacks import normalise_answer
+
+    forget, retain = _with_leaks(world)
+    ctx = make_ctx(world, forget=forget, retain=retain)
+    for spec, pool in [(f"icl:shots={len(retain) - 1}", retain), (f"icl:shots={len(forget) - 3},source=forget", forget)]:
+        out = run_attack(spec, "es", world["original"], forget, ctx)
+        by_id = dict(zip(pool.ids, pool.answers))
+        for answer, detail in zip(forget.answers, out.details):
+            shown = detail.split(" ")[-1].split(",")
+            assert all(normalise_answer(by_id[j]) != normalise_answer(answer) for j in shown), (spec, detail)
+        # retain: the repeated fact is left out for the one sample it repeats; forget: the
+        # duplicate pair each leave the other out
+        assert out.excluded == (1 if pool is retain else 2)
+        assert any(f"{out.excluded} shot candidate(s) left out" in n for n in out.notes)
+    with pytest.raises(AttackError, match="same answer"):
+        run_attack(f"icl:shots={len(retain)}", "es", world["original"], forget, ctx)
+
+
+def test_relearn_never_trains_on_a_row_that_states_a_scored_answer(world):
+    from pytest_unlearn.attacks import normalise_answer
+
+    forget, retain = _with_leaks(world)
+    ctx = make_ctx(world, forget=forget, retain=retain)
+    keys = [normalise_answer(a) for a in forget.answers]
+    for spec, left_out in [(f"relearn:folds={len(forget)}", 2), ("relearn:on=retain", 1)]:
+        plan = parse_attack(spec)._plan(forget, ctx)
+        assert sum(len(rows) for _, rows, _, _ in plan) == len(forget)
+        for _, rows, train, _ in plan:
+            scored = {keys[i] for i in rows}
+            assert not scored & {normalise_answer(a) for a in train.answers}
+        # leave-one-out: each of the duplicate pair is left out of the other's training fold;
+        # retain: the row repeating a forget fact
+        assert sum(x for *_, x in plan) == left_out
+    out = run_attack("relearn:on=retain,steps=1", "es", world["original"], forget, ctx)
+    assert out.excluded == 1 and any("1 training row(s) left out" in n for n in out.notes)

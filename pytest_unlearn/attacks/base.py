@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..scoring import Scorer
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "Param", "attack_is_uninformative",
-           "judged_by_control", "knowledge_kept", "parse_attack", "register_attack", "run_attack", "worst_case"]
+           "judged_by_control", "knowledge_kept", "normalise_answer", "parse_attack", "register_attack", "run_attack", "worst_case"]
 
 
 # ---------------------------------------------------------------- context and outcome
@@ -66,6 +66,19 @@ class AttackOutcome:
     prompts: list[str] | None   # per sample: the attacked prompt text (None for weight attacks)
     notes: list[str] = field(default_factory=list)
     spec: str = ""              # the canonical spec of the attack that produced it
+    excluded: int = 0           # inputs left out because their answer equals a scored one
+                                # (icl shot candidates over all samples, relearn training rows)
+
+
+def normalise_answer(text) -> str:
+    """An answer reduced for "is this the same fact?": casefolded, with every punctuation
+    and whitespace character removed (``"Paris."`` and ``" paris"`` are equal)."""
+    return "".join(ch for ch in str(text).casefold() if ch.isalnum())
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Whether two normalised answers are the same fact (an empty answer matches nothing)."""
+    return bool(a) and a == b
 
 
 # ---------------------------------------------------------------- the base class

@@ -29,7 +29,7 @@ import numpy as np
 from ..cache import cache_key
 from ..errors import AttackError
 from ..prompts import dataset_parts
-from .base import Attack, AttackContext, AttackOutcome, register_attack
+from .base import Attack, AttackContext, AttackOutcome, normalise_answer, register_attack
 from .params import Param, as_bool, as_choice, as_float, as_int
 
 if TYPE_CHECKING:
@@ -161,16 +161,19 @@ def _cached(ctx: AttackContext, key: str) -> AttackOutcome | None:
     hit = ctx.cache.get(key)
     if hit is None:
         return None
+    excluded = hit.get("excluded")
     return AttackOutcome(np.asarray(hit["values"], dtype=np.float64), {"training_steps": 0, "cached": True},
                          [str(d) for d in hit["details"]], None,
-                         [str(n) for n in hit["notes"]] + ["result read from the attack cache"])
+                         [str(n) for n in hit["notes"] if str(n)] + ["result read from the attack cache"],
+                         excluded=int(excluded[0]) if excluded is not None and len(excluded) else 0)
 
 
 def _store(ctx: AttackContext, key: str, outcome: AttackOutcome) -> None:
     if ctx.cache is not None and ctx.cache.enabled:
         ctx.cache.put(key, {"values": np.asarray(outcome.values, dtype=np.float64),
                             "details": np.array(outcome.details or [""] * len(outcome.values), dtype=str),
-                            "notes": np.array(outcome.notes or [""], dtype=str)})
+                            "notes": np.array(outcome.notes or [""], dtype=str),
+                            "excluded": np.array([int(outcome.excluded)], dtype=np.int64)})
 
 
 # ---------------------------------------------------------------- quantize
@@ -345,8 +348,12 @@ class Relearn(Attack):
               Param("lora", "auto", as_lora, f"auto (LoRA r=8 for models of {LORA_AUTO_PARAMS:.0e}+ "
                                              "parameters, else full fine-tuning), true or false"))
 
-    def _plan(self, data: "Dataset", ctx: AttackContext) -> list[tuple[str, np.ndarray, "Dataset"]]:
-        """(fold name, rows to score, data to train on) per fold."""
+    def _plan(self, data: "Dataset", ctx: AttackContext) -> list[tuple[str, np.ndarray, "Dataset", int]]:
+        """(fold name, rows to score, data to train on, training rows left out) per fold.
+
+        A training row whose normalised answer equals the answer of a row it is scored on
+        is left out: training on it would teach the scored fact itself (a duplicate under a
+        paraphrased question, a retain row repeating a forget fact)."""
         n = len(data)
         if self.on == "forget":
             if n < self.folds:
@@ -355,19 +362,33 @@ class Relearn(Attack):
                                   f"attack {self.spec}: relearning on the forget set needs at least 2 samples")
             order = np.random.default_rng([int(ctx.seed) & 0xFFFFFFFF, 1]).permutation(n)
             folds = [np.sort(f) for f in np.array_split(order, self.folds)]
-            return [(f"fold {k + 1}/{self.folds}", rows, data.subset(np.sort(np.concatenate(
-                [f for j, f in enumerate(folds) if j != k])))) for k, rows in enumerate(folds)]
-        if self.on == "retain":
+            plan = [(f"fold {k + 1}/{self.folds}", rows, data, np.sort(np.concatenate(
+                [f for j, f in enumerate(folds) if j != k]))) for k, rows in enumerate(folds)]
+        elif self.on == "retain":
             if ctx.retain is None:
                 raise AttackError(f"attack {self.spec}: no retain set; configure unlearn_retain / "
                                   "--unlearn-retain (or AttackContext(retain=...)), or use relearn:on=forget")
-            return [("retain", np.arange(n), ctx.retain)]
-        from ..data import load_dataset
+            plan = [("retain", np.arange(n), ctx.retain, np.arange(len(ctx.retain)))]
+        else:
+            from ..data import load_dataset
 
-        path = Path(self.on).expanduser()
-        if not path.is_file():
-            raise AttackError(f"attack {self.spec}: relearning data file {str(path)!r} does not exist")
-        return [(path.name, np.arange(n), load_dataset(path, name="relearn"))]
+            path = Path(self.on).expanduser()
+            if not path.is_file():
+                raise AttackError(f"attack {self.spec}: relearning data file {str(path)!r} does not exist")
+            train = load_dataset(path, name="relearn")
+            plan = [(path.name, np.arange(n), train, np.arange(len(train)))]
+        answers = [normalise_answer(a) for a in data.answers]
+        out = []
+        for fold, rows, source, candidates in plan:
+            scored = {answers[i] for i in rows} - {""}
+            keys = [normalise_answer(a) for a in source.answers]
+            keep = [int(j) for j in candidates if keys[j] not in scored]
+            if not keep:
+                raise AttackError(f"attack {self.spec}: every training row of {fold} states an answer it is "
+                                  "scored on; relearning on them would teach the scored facts themselves")
+            train = source if len(keep) == len(source) else source.subset(keep)
+            out.append((fold, rows, train, len(candidates) - len(keep)))
+        return out
 
     def _run(self, metric, model, data, ctx):
         from ..models import require_in_memory
@@ -375,7 +396,7 @@ class Relearn(Attack):
         require_in_memory(model.model, f"attack {self.spec}")
         plan = self._plan(data, ctx)
         prompt = ctx.scorer.prompt_format(model).spec
-        key = _outcome_key(self, metric, model, data, ctx, [t.content_hash for _, _, t in plan])
+        key = _outcome_key(self, metric, model, data, ctx, [t.content_hash for _, _, t, _ in plan])
         hit = _cached(ctx, key)
         if hit is not None:
             return hit
@@ -385,7 +406,7 @@ class Relearn(Attack):
         details = [""] * len(data)
         snapshot = None if use_lora else WeightSnapshot(list(model.model.parameters()))
         try:
-            for k, (fold, rows, train) in enumerate(plan):
+            for k, (fold, rows, train, _) in enumerate(plan):
                 seed = (int(ctx.seed) * 1000 + k) & 0x7FFF_FFFF_FFFF
                 with _trainable(model.model, use_lora, seed) as trainable:
                     train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
@@ -402,7 +423,8 @@ class Relearn(Attack):
         finally:
             if snapshot is not None:
                 snapshot.restore()
-        sizes = [len(t) for _, _, t in plan]
+        sizes = [len(t) for _, _, t, _ in plan]
+        excluded = sum(x for _, _, _, x in plan)
         notes = [f"relearn: {self.steps} AdamW step(s) of {self.batch_size} sample(s) at lr {self.lr:g} per fold, "
                  f"{'LoRA r=8' if use_lora else 'full fine-tuning'}, answer-only loss; "
                  + ("each forget fold scored after training on the other folds" if self.on == "forget"
@@ -410,6 +432,10 @@ class Relearn(Attack):
         if self.steps * self.batch_size < min(sizes):
             notes.append(f"relearn: less than one epoch ({self.steps * self.batch_size} samples seen of "
                          f"{min(sizes)}); the paper relearns for one full epoch")
-        outcome = AttackOutcome(values, {"training_steps": self.steps * len(plan)}, details, None, notes)
+        if excluded:
+            notes.append(f"relearn: {excluded} training row(s) left out: their answer equals one the fold is "
+                         "scored on")
+        outcome = AttackOutcome(values, {"training_steps": self.steps * len(plan)}, details, None, notes,
+                                excluded=excluded)
         _store(ctx, key, outcome)
         return outcome
