@@ -476,7 +476,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     result = ForgettingResult(m, threshold, reduce, score, reduced, frame, passed, bound, confidence,
                               uninformative, notes, record)
     if not passed:
-        shown = _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes)
+        shown = _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes, attacks)
         record["worst_samples"] = shown
         result.message = _forgotten_message(m, threshold, reduce, model_label, dataset, rows, score, bound,
                                              confidence, suite.settings.seed, notes, shown,
@@ -485,13 +485,23 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     return result
 
 
-def _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes) -> list[dict]:
+def _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes, attacks) -> list[dict]:
     order = sorted(range(len(worst)), key=lambda i: -worst[i] if m.higher_is_more_knowledge else worst[i])
     leaking = [i for i in order if m.more_knowledge(worst[i], threshold)][:MAX_SHOWN_SAMPLES]
     chosen = leaking if len(leaking) >= MIN_SHOWN_SAMPLES else order[:MIN_SHOWN_SAMPLES]
     generated = _generate(suite, handle, dataset, chosen)
+    under = ["none"] * len(chosen)
+    by_attack: dict[str, list[int]] = {}
+    for k, i in enumerate(chosen):
+        if comps[worst_at[i]] != "none":
+            by_attack.setdefault(comps[worst_at[i]], []).append(k)
+    for label, ks in by_attack.items():  # what the attacked model produced, where the attack allows
+        texts = _generate_under(suite, attacks[label], handle, dataset, [chosen[k] for k in ks], outcomes.get(label))
+        if texts is not None:
+            for k, text in zip(ks, texts):
+                generated[k], under[k] = text, label
     shown = []
-    for i, text in zip(chosen, generated):
+    for i, text, gen_under in zip(chosen, generated, under):
         attack = comps[worst_at[i]]
         outcome = outcomes.get(attack)
         prompt = dataset.prompts[i]
@@ -502,8 +512,18 @@ def _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps,
         detail = details[i] if details is not None else None
         shown.append({"id": dataset.ids[i], "attack": attack, "score": float(worst[i]), "prompt": str(prompt),
                       "answer": str(dataset.answers[i]), "generated": str(text),
-                      "generated_under": "none", "detail": None if detail is None else str(detail)})
+                      "generated_under": gen_under, "detail": None if detail is None else str(detail)})
     return shown
+
+
+def _generate_under(suite: Suite, attack, handle, dataset, positions: list[int], outcome) -> list[str] | None:
+    """Greedy answers under an attack (``Attack.generate``); ``None`` where the attack cannot
+    generate; a failure is shown, never raised over the verdict."""
+    try:
+        texts = attack.generate(handle, dataset, positions, suite.attack_context(), outcome)
+    except Exception as exc:  # noqa: BLE001 - the message must still come out
+        return [f"<generation under {attack.spec} failed: {type(exc).__name__}: {exc}>"] * len(positions)
+    return None if texts is None else [str(t) for t in texts]
 
 
 def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound, confidence, seed, notes,
@@ -543,11 +563,31 @@ def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound,
             lines.append(f"  {k}. sample {s['id']}: {m.name} {fmt(s['score'])} under {s['attack']}")
             lines.append(f"     prompt:    {_short(s['prompt'])}")
             lines.append(f"     answer:    {_short(s['answer'])}")
-            under = " (no attack)" if s["attack"] != "none" else ""
+            if s.get("generated_under", "none") != "none":
+                under = f" under {s['generated_under']}"
+            else:
+                under = f" (no attack; {s['attack']} cannot generate)" if s["attack"] != "none" else ""
             lines.append(f"     generated{under}: {_short(s['generated'])}")
             if s.get("detail"):
                 lines.append(f"     {s['attack']}: {_short(s['detail'])}")
+    lines += ["", "next: " + _next_step(m, threshold, rows, score, bound)]
     return "\n".join(lines)
+
+
+def _next_step(m, threshold, rows, score, bound) -> str:
+    """One actionable line that ends a failure message."""
+    clean = rows[0]
+    leaking = [r["attack"] for r in rows[1:] if r["verdict"] == "leak"]
+    if m.more_knowledge(clean["counted"], threshold):
+        return ("the model still states these facts with no attack: unlearn them (again, or with a stronger "
+                "method or more steps) and re-run; the samples above are where to look first")
+    if leaking or m.more_knowledge(score, threshold):
+        which = ", ".join(leaking) if leaking else "the attacks, sample by sample"
+        return (f"the knowledge is suppressed, not removed: {which} bring(s) it back; unlearn against that "
+                "threat (e.g. a method robust to it, or unlearning under the attack) and re-run; do not drop "
+                "the attack to make the gate pass")
+    return (f"the score is within the threshold but the {BOOTSTRAP_RESAMPLES}-resample bootstrap bound "
+            f"({fmt(bound)}) is not: more forget samples or a more complete unlearning narrow it")
 
 
 # ---------------------------------------------------------------- assert_retained
@@ -618,6 +658,9 @@ def _retained(suite: Suite, record: dict, metric, min_ratio, model, data) -> Ret
             lines.append(f"     prompt:    {_short(s['prompt'])}")
             lines.append(f"     answer:    {_short(s['answer'])}")
             lines.append(f"     generated: {_short(s['generated'])}")
+        lines += ["", "next: unlearning took retained knowledge with it: make it gentler (fewer steps, a lower "
+                      "learning rate, a larger retain-loss weight) or compare at equal retention "
+                      "(assert_forgotten(..., calibrate=0.9)), and re-run"]
         result.message = "\n".join(lines)
         record["message"] = result.message
     return result

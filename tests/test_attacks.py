@@ -594,3 +594,18 @@ def test_relearn_never_trains_on_a_row_that_states_a_scored_answer(world):
         assert sum(x for *_, x in plan) == left_out
     out = run_attack("relearn:on=retain,steps=1", "es", world["original"], forget, ctx)
     assert out.excluded == 1 and any("1 training row(s) left out" in n for n in out.notes)
+
+
+def test_relearn_generates_on_the_relearned_weights_and_restores(world):
+    """Each row's fold is trained again with its seed: greedy decoding reproduces the answer
+    exactly where the attack's ES is 1, and the weights are put back."""
+    model, data = world["original"], world["forget"]
+    ctx = make_ctx(world)
+    attack = parse_attack("relearn:steps=2,lr=1e-2")
+    before = state(model.model)
+    es = attack.run("es", model, data, ctx).values
+    rows = [5, 0, 3]
+    texts = attack.generate(model, data, rows, ctx)
+    assert_unchanged(model.model, before)
+    assert [t.startswith(data.answers[i]) for t, i in zip(texts, rows)] == [bool(es[i] == 1.0) for i in rows]
+    assert parse_attack("logit_lens").generate(model, data, rows, ctx) is None  # cannot generate

@@ -68,6 +68,19 @@ class AttackOutcome:
     spec: str = ""              # the canonical spec of the attack that produced it
     excluded: int = 0           # inputs left out because their answer equals a scored one
                                 # (icl shot candidates over all samples, relearn training rows)
+    parts: list | None = None   # per sample: the attacked PromptParts (prompt attacks), to generate from
+
+
+def _generate_rows(ctx: AttackContext, handle: "ModelHandle", data: "Dataset", rows, parts=None) -> list[str]:
+    """Greedy answers of ``handle`` for some rows (their prompt parts, or ``parts``)."""
+    from ..prompts import dataset_parts
+
+    rows = [int(i) for i in rows]
+    if parts is None:
+        base = dataset_parts(data)
+        parts = [base[i] for i in rows]
+    names = [f"{data.source} sample {data.ids[i]}" for i in rows]
+    return list(ctx.scorer.generate(handle, parts, names))
 
 
 def normalise_answer(text) -> str:
@@ -194,6 +207,16 @@ class Attack:
 
     def _run(self, metric: Metric, model: "ModelHandle", data: "Dataset", ctx: AttackContext) -> AttackOutcome:
         raise NotImplementedError
+
+    def generate(self, model: "ModelHandle", data: "Dataset", rows: Sequence[int], ctx: AttackContext,
+                 outcome: AttackOutcome | None = None) -> list[str] | None:
+        """Greedy answers to ``rows`` of ``data`` *under this attack*, for failure messages:
+        from the attacked prompts that ``outcome`` recorded (prompt attacks), or, for attacks
+        that change the weights, on the attacked weights before they are restored.  ``None``
+        where the attack cannot generate (e.g. ``logit_lens`` reads intermediate layers)."""
+        if outcome is not None and outcome.parts is not None:
+            return _generate_rows(ctx, model, data, rows, [outcome.parts[int(i)] for i in rows])
+        return None
 
 
 def _show(value: Any) -> str:

@@ -76,8 +76,8 @@ def score_variants(metric: "Metric", model: "ModelHandle", data: "Dataset", ctx:
             values[rows] = ctx.scorer.per_sample(metric, model, subset, parts=[parts[i] for i in rows])
         stacked.append(values)
     values, details = worst_case(metric, stacked, list(variants))
-    prompts = [describe(variants[details[i]][i]) for i in range(n)]
-    return AttackOutcome(values, {}, details, prompts, notes)
+    chosen = [variants[details[i]][i] for i in range(n)]
+    return AttackOutcome(values, {}, details, [describe(p) for p in chosen], notes, parts=chosen)
 
 
 def _lead_in(parts: PromptParts, instruction: str) -> PromptParts:

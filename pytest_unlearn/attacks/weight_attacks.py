@@ -29,7 +29,7 @@ import numpy as np
 from ..cache import cache_key
 from ..errors import AttackError
 from ..prompts import dataset_parts
-from .base import Attack, AttackContext, AttackOutcome, normalise_answer, register_attack
+from .base import Attack, AttackContext, AttackOutcome, _generate_rows, normalise_answer, register_attack
 from .params import Param, as_bool, as_choice, as_float, as_int
 
 if TYPE_CHECKING:
@@ -215,17 +215,12 @@ class Quantize(Attack):
             raise AttackError(f"attack {self.spec}: bitsandbytes=true but bitsandbytes is not installed "
                               "(pip install bitsandbytes); or use bitsandbytes=false") from None
 
-    def _run(self, metric, model, data, ctx):
+    @contextlib.contextmanager
+    def _quantized(self, model: "ModelHandle", ctx: AttackContext):
+        """The model with its weights quantized (a derived handle, and the weights changed);
+        afterwards every changed tensor is put back bit for bit."""
         import torch
 
-        from ..models import require_in_memory
-
-        self._check_bnb(model)
-        require_in_memory(model.model, f"attack {self.spec}")
-        key = _outcome_key(self, metric, model, data, ctx)
-        hit = _cached(ctx, key)
-        if hit is not None:
-            return hit
         targets = quantizable_weights(model.model, self.include_head)
         if not targets:
             raise AttackError(f"attack {self.spec}: {type(model.model).__name__} has no Linear weights to quantize")
@@ -234,11 +229,31 @@ class Quantize(Attack):
             with torch.no_grad():
                 for _, w, transposed in targets:
                     w.copy_(self.quantize(w.t()).t() if transposed else self.quantize(w))
-            handle = model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed),
-                                  name=f"{model.name} [{self.spec}]")
-            values = ctx.scorer.per_sample(metric, handle, data)
+            yield (model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed),
+                                name=f"{model.name} [{self.spec}]"), targets)
         finally:
             snapshot.restore()
+
+    def generate(self, model, data, rows, ctx, outcome=None):
+        """Greedy answers of the quantized model, generated before the weights are restored."""
+        from ..models import require_in_memory
+
+        self._check_bnb(model)
+        require_in_memory(model.model, f"attack {self.spec}")
+        with self._quantized(model, ctx) as (handle, _):
+            return _generate_rows(ctx, handle, data, rows)
+
+    def _run(self, metric, model, data, ctx):
+        from ..models import require_in_memory
+
+        self._check_bnb(model)
+        require_in_memory(model.model, f"attack {self.spec}")
+        key = _outcome_key(self, metric, model, data, ctx)
+        hit = _cached(ctx, key)
+        if hit is not None:
+            return hit
+        with self._quantized(model, ctx) as (handle, targets):
+            values = ctx.scorer.per_sample(metric, handle, data)
         n = sum(w.numel() for _, w, _ in targets)
         variant = f"{self.method} {self.bits}-bit" + (" (bitsandbytes)" if self.bitsandbytes else "")
         outcome = AttackOutcome(values, {}, [variant] * len(data), None,
@@ -390,39 +405,65 @@ class Relearn(Attack):
             out.append((fold, rows, train, len(candidates) - len(keep)))
         return out
 
+    def _use_lora(self, model: "ModelHandle") -> bool:
+        n_params = sum(p.numel() for p in model.model.parameters())
+        return self.lora if self.lora != "auto" else n_params >= LORA_AUTO_PARAMS
+
+    def _trained_folds(self, model: "ModelHandle", plan, ctx: AttackContext, only: "set[int] | None" = None
+                       ) -> Iterator[tuple[str, np.ndarray, "ModelHandle"]]:
+        """Per fold (only those scoring a row in ``only``, when given): train, yield (fold,
+        rows, the trained model's handle), restore.  Seeds depend on the fold's place in
+        the plan, so a fold trained again gives the same weights."""
+        prompt = ctx.scorer.prompt_format(model).spec
+        use_lora = self._use_lora(model)
+        snapshot = None if use_lora else WeightSnapshot(list(model.model.parameters()))
+        try:
+            for k, (fold, rows, train, _) in enumerate(plan):
+                if only is not None and not only.intersection(int(i) for i in rows):
+                    continue
+                seed = (int(ctx.seed) * 1000 + k) & 0x7FFF_FFFF_FFFF
+                with _trainable(model.model, use_lora, seed) as trainable:
+                    train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
+                                  batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
+                    yield fold, rows, model.derive(trainable, name=f"{model.name} [{self.spec} {fold}]",
+                                                   fingerprint=derived_fingerprint(model, self.spec, fold, ctx.seed,
+                                                                                   train.content_hash, prompt))
+                if snapshot is not None:
+                    snapshot.restore()
+        finally:
+            if snapshot is not None:
+                snapshot.restore()
+
+    def generate(self, model, data, rows, ctx, outcome=None):
+        """Greedy answers of the relearned model: each row's fold is trained again (same
+        seed, same weights), the row generated, the weights restored."""
+        from ..models import require_in_memory
+
+        require_in_memory(model.model, f"attack {self.spec}")
+        wanted = [int(i) for i in rows]
+        out: dict[int, str] = {}
+        for _, fold_rows, handle in self._trained_folds(model, self._plan(data, ctx), ctx, set(wanted)):
+            mine = [i for i in wanted if i in set(int(r) for r in fold_rows)]
+            out.update(zip(mine, _generate_rows(ctx, handle, data, mine)))
+        return [out[i] for i in wanted]
+
     def _run(self, metric, model, data, ctx):
         from ..models import require_in_memory
 
         require_in_memory(model.model, f"attack {self.spec}")
         plan = self._plan(data, ctx)
-        prompt = ctx.scorer.prompt_format(model).spec
         key = _outcome_key(self, metric, model, data, ctx, [t.content_hash for _, _, t, _ in plan])
         hit = _cached(ctx, key)
         if hit is not None:
             return hit
-        n_params = sum(p.numel() for p in model.model.parameters())
-        use_lora = self.lora if self.lora != "auto" else n_params >= LORA_AUTO_PARAMS
+        use_lora = self._use_lora(model)
         values = np.full(len(data), np.nan)
         details = [""] * len(data)
-        snapshot = None if use_lora else WeightSnapshot(list(model.model.parameters()))
-        try:
-            for k, (fold, rows, train, _) in enumerate(plan):
-                seed = (int(ctx.seed) * 1000 + k) & 0x7FFF_FFFF_FFFF
-                with _trainable(model.model, use_lora, seed) as trainable:
-                    train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
-                                  batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
-                    handle = model.derive(trainable, name=f"{model.name} [{self.spec} {fold}]",
-                                          fingerprint=derived_fingerprint(model, self.spec, fold, ctx.seed,
-                                                                          train.content_hash, prompt))
-                    subset = data if len(rows) == len(data) else data.subset(rows)
-                    values[rows] = ctx.scorer.per_sample(metric, handle, subset)
-                if snapshot is not None:
-                    snapshot.restore()
-                for i in rows:
-                    details[i] = fold
-        finally:
-            if snapshot is not None:
-                snapshot.restore()
+        for fold, rows, handle in self._trained_folds(model, plan, ctx):
+            subset = data if len(rows) == len(data) else data.subset(rows)
+            values[rows] = ctx.scorer.per_sample(metric, handle, subset)
+            for i in rows:
+                details[i] = fold
         sizes = [len(t) for _, _, t, _ in plan]
         excluded = sum(x for _, _, _, x in plan)
         notes = [f"relearn: {self.steps} AdamW step(s) of {self.batch_size} sample(s) at lr {self.lr:g} per fold, "
