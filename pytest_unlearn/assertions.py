@@ -460,10 +460,11 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     samples = {}
     for i, sid in enumerate(ids):
         entry = {"scores": {c: float(model_vals[c][i]) for c in comps}, "worst": float(worst[i]),
-                 "counted": {c: bool(kept[c][i]) for c in comps},
                  "worst_attack": comps[worst_at[i]]}
         for role, vals in control_vals.items():
             entry[role] = {c: float(vals[c][i]) for c in comps}
+        if explained:  # a reference and attacks: which attacked scores the reference rule kept
+            entry["counted"] = {c: bool(kept[c][i]) for c in comps[1:]}
         samples[sid] = entry
     record.update(verdict="pass" if passed else "fail", score=score, bound=bound, confidence=confidence,
                   attacks=rows, uninformative=uninformative, notes=notes, samples=samples, worst_samples=[],
