@@ -554,7 +554,8 @@ def test_normalise_answer():
     from pytest_unlearn.attacks import normalise_answer
 
     assert normalise_answer(" Paris.") == normalise_answer("paris") == "paris"
-    assert normalise_answer("Zorbin Quill was born in Vellmar.") == normalise_answer("ZORBIN QUILL WAS BORN IN VELLMAR !")
+    assert normalise_answer("Zorbin Quill was born in Vellmar.") == \
+        normalise_answer("ZORBIN QUILL WAS BORN IN VELLMAR !")
     assert normalise_answer("born in Vellmar") != normalise_answer("born in Kelpford")
 
 
@@ -563,7 +564,8 @@ def test_icl_never_shows_a_shot_that_states_the_scored_answer(world):
 
     forget, retain = _with_leaks(world)
     ctx = make_ctx(world, forget=forget, retain=retain)
-    for spec, pool in [(f"icl:shots={len(retain) - 1}", retain), (f"icl:shots={len(forget) - 3},source=forget", forget)]:
+    for spec, pool in [(f"icl:shots={len(retain) - 1}", retain),
+                       (f"icl:shots={len(forget) - 3},source=forget", forget)]:
         out = run_attack(spec, "es", world["original"], forget, ctx)
         by_id = dict(zip(pool.ids, pool.answers))
         for answer, detail in zip(forget.answers, out.details):

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from ..scoring import Scorer
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "Param", "attack_is_uninformative",
-           "judged_by_control", "knowledge_kept", "normalise_answer", "parse_attack", "register_attack", "run_attack", "worst_case"]
+           "judged_by_control", "knowledge_kept", "normalise_answer", "parse_attack", "register_attack",
+           "run_attack", "worst_case"]
 
 
 # ---------------------------------------------------------------- context and outcome
