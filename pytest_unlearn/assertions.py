@@ -22,11 +22,15 @@ never passes on what remained.
   seeded by ``unlearn_seed``) of that reduced score, taken in the knowledge direction,
   to be within the threshold;
 * controls: every attack also runs on the original model and, when configured, on the
-  reference model.  A weight attack that also wipes out the *original's* knowledge is
-  **uninformative**: it cannot show that anything was forgotten.  It still counts in the
-  worst case (it can only raise it, so it never makes a gate pass), but its row reads
+  reference model.  An attack that also wipes out the *original's* knowledge is
+  **uninformative** (:func:`~pytest_unlearn.attacks.attack_is_uninformative`, one rule for
+  every metric and attack kind): it cannot show that anything was forgotten.  It still counts
+  in the worst case (it can only raise it, so it never makes a gate pass), but its row reads
   "uninformative" instead of "ok", the message and report say why, and an
-  :class:`UnlearnWarning` is issued.  The gate fails only if a component leaks.
+  :class:`UnlearnWarning` is issued.  The gate fails only if a component leaks;
+* the reference rule: with a reference model, an attacked score counts for a sample only
+  where it shows strictly more knowledge than the reference's under the same attack on the
+  same sample; elsewhere the sample keeps its no-attack score (docs/attacks.md, "Controls").
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ if TYPE_CHECKING:
 
 __tracebackhide__ = True  # pytest hides every frame of this module in tracebacks
 
-__all__ = ["assert_forgotten", "assert_retained", "ForgettingResult", "RetentionResult", "UnlearnWarning"]
+__all__ = ["assert_forgotten", "assert_retained", "ForgettingResult", "RetentionResult", "UnlearnWarning",
+           "VacuousCheckError"]
 
 BOOTSTRAP_RESAMPLES = 1000
 MAX_SHOWN_SAMPLES = 5
@@ -60,6 +65,11 @@ DEFAULT_TAU = 0.9
 
 class UnlearnWarning(UserWarning):
     """Something about an unlearning check the user should know (e.g. an uninformative attack)."""
+
+
+class VacuousCheckError(ConfigError):
+    """``assert_forgotten`` would pass only because the original model already scores within
+    the threshold, and ``unlearn_strict_vacuous`` refuses such passes."""
 
 
 @dataclass
@@ -272,11 +282,13 @@ def _lenient_reduction(m: "Metric", reduce: str) -> str | None:
     return note
 
 
-def _uninformative(clean_original, attacked_original, m) -> bool:
-    """Whether a weight attack wipes out the original's knowledge (judged on mean scores)."""
+def _uninformative(attack, clean_original, attacked_original, m, reference=None) -> bool:
+    """Whether an attack wipes out the original's knowledge (the one rule of
+    :func:`~pytest_unlearn.attacks.attack_is_uninformative`, on per-sample scores)."""
     from .attacks import attack_is_uninformative
 
-    return bool(attack_is_uninformative(float(clean_original.mean()), float(attacked_original.mean()), m))
+    return bool(attack_is_uninformative(clean_original, attacked_original, m, reference=reference,
+                                        attack=attack))
 
 
 def _generate(suite: Suite, handle, dataset, positions: list[int]) -> list[str]:
@@ -376,39 +388,58 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     # -- controls: uninformative attacks, injected knowledge, data the original never knew
     notes: list[str] = []
     uninformative: list[str] = []
+    vacuous = None  # the note when the original already scores within the threshold
     if "original" in control_vals:
         orig = control_vals["original"]
+        ref_none = control_vals["reference"]["none"] if "reference" in control_vals else None
         for label, a in attacks.items():
-            if a.kind == "weight" and _uninformative(orig["none"], orig[label], m):
+            if _uninformative(a, orig["none"], orig[label], m, ref_none):
                 uninformative.append(label)
                 notes.append(f"{label}: {UNINFORMATIVE}: the original model scores "
                              f"{fmt(reduce_scores(orig[label], reduce, m))} under it vs "
                              f"{fmt(reduce_scores(orig['none'], reduce, m))} without; it is no evidence of forgetting")
         if not m.more_knowledge(reduce_scores(orig["none"], reduce, m), threshold):
-            notes.append(f"the original model scores {fmt(reduce_scores(orig['none'], reduce, m))} with no attack, "
-                         f"already within the threshold: it may never have known this data, so passing "
-                         f"shows little")
+            vacuous = (f"the original model scores {fmt(reduce_scores(orig['none'], reduce, m))} on {dataset.name} "
+                       f"with no attack, already within the threshold {fmt(threshold)}: it may never have known "
+                       f"this data (or this is not the forget set it was unlearned on), so passing shows little")
+            notes.append(vacuous)
     elif attacks:
         notes.append("no original model configured (unlearn_original / --unlearn-original): "
                      "the attacks ran without a control")
+    # -- the reference rule: under an attack, a sample counts only with more knowledge than the
+    #    never-knew reference model shows under the same attack on the same sample
+    counted = dict(model_vals)
+    explained: dict[str, int] = {}
+    kept = {c: np.ones(len(dataset), dtype=bool) for c in comps}
     if "reference" in control_vals:
         for c in comps[1:]:
-            ref = reduce_scores(control_vals["reference"][c], reduce, m)
+            ref_c = control_vals["reference"][c]
+            beyond = ref_c < model_vals[c] if m.higher_is_more_knowledge else ref_c > model_vals[c]
+            explained[c], kept[c] = int((~beyond).sum()), beyond
+            counted[c] = np.where(beyond, model_vals[c], model_vals["none"])
+            ref = reduce_scores(ref_c, reduce, m)
             if m.more_knowledge(ref, threshold):
                 notes.append(f"{c}: the reference model (never saw the forget set) also scores {fmt(ref)}, "
                              f"beyond the threshold: the attack injects knowledge")
+            if explained[c] and m.more_knowledge(reduce_scores(model_vals[c], reduce, m), threshold):
+                notes.append(f"{c}: on {explained[c]} of {len(dataset)} samples the model shows no more knowledge "
+                             f"under it than the reference model under the same attack; there the attack's score "
+                             f"is not counted (the no-attack score is)")
     for c in comps[1:]:
         for note in getattr(outcomes[c], "notes", None) or []:
             notes.append(note if note.startswith(by_spec[c].name) else f"{c}: {note}")
     if truncated:
         notes.append(_truncation_note(sorted(truncated), len(dataset)))
     record["truncated"] = sorted(truncated)
-    for spec in uninformative:
-        warnings.warn(UnlearnWarning(f"attack {spec} is {UNINFORMATIVE}; it is not counted as evidence "
-                                     f"of forgetting"), stacklevel=3)
+    warned = [f"attack {spec} is {UNINFORMATIVE}; it is not counted as evidence of forgetting"
+              for spec in uninformative]
+    if vacuous:
+        warned.append(f"vacuous check: {vacuous}")
+    for text in warned:
+        warnings.warn(UnlearnWarning(text), stacklevel=3)
 
     # -- the verdict: per-sample worst case, reduced, optionally bootstrapped
-    stack = np.vstack([model_vals[c] for c in comps])
+    stack = np.vstack([counted[c] for c in comps])
     worst = m.knowledge_max(stack)
     worst_at = (np.argmax if m.higher_is_more_knowledge else np.argmin)(stack, axis=0)
     score = reduce_scores(worst, reduce, m)
@@ -420,7 +451,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     if confidence is not None:
         bound = bootstrap_bound(worst, m, reduce, confidence, suite.settings.seed)
         passed = passed and not m.more_knowledge(bound, threshold)
-    reduced = {c: reduce_scores(model_vals[c], reduce, m) for c in comps}
+    reduced = {c: reduce_scores(counted[c], reduce, m) for c in comps}
 
     ids = list(dataset.ids)
     frame = pd.DataFrame({c: model_vals[c] for c in comps}, index=pd.Index(ids, name="sample"))
@@ -435,7 +466,10 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
         leak = m.more_knowledge(reduced[c], threshold)
         rows.append({
             "attack": c, "spec": by_spec[c].spec if c in by_spec else None,
-            "kind": by_spec[c].kind if c in by_spec else None, "score": reduced[c],
+            "kind": by_spec[c].kind if c in by_spec else None,
+            "score": reduce_scores(model_vals[c], reduce, m), "counted": reduced[c],
+            "explained_by_reference": explained.get(c),
+            "excluded": getattr(outcomes[c], "excluded", None),
             "original": reduce_scores(control_vals["original"][c], reduce, m) if "original" in control_vals else None,
             "reference": reduce_scores(control_vals["reference"][c], reduce, m) if "reference" in control_vals else None,
             "verdict": "leak" if leak else ("uninformative" if c in uninformative else "ok"),
@@ -448,14 +482,21 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
                  "worst_attack": comps[worst_at[i]]}
         for role, vals in control_vals.items():
             entry[role] = {c: float(vals[c][i]) for c in comps}
+        if explained:  # a reference and attacks: which attacked scores the reference rule kept
+            entry["counted"] = {c: bool(kept[c][i]) for c in comps[1:]}
         samples[sid] = entry
     record.update(verdict="pass" if passed else "fail", score=score, bound=bound, confidence=confidence,
-                  attacks=rows, uninformative=uninformative, notes=notes, samples=samples, worst_samples=[])
+                  attacks=rows, uninformative=uninformative, notes=notes, samples=samples, worst_samples=[],
+                  vacuous=vacuous is not None, warnings=warned)
+    if passed and vacuous is not None and getattr(suite.settings, "strict_vacuous", False):
+        raise VacuousCheckError(f"vacuous pass refused (unlearn_strict_vacuous / --unlearn-strict-vacuous): "
+                                f"{vacuous}. Point the gate at the data the original model knew (unlearn_forget "
+                                f"/ data=), or check that unlearn_original is the model before unlearning")
 
     result = ForgettingResult(m, threshold, reduce, score, reduced, frame, passed, bound, confidence,
                               uninformative, notes, record)
     if not passed:
-        shown = _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes)
+        shown = _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes, attacks)
         record["worst_samples"] = shown
         result.message = _forgotten_message(m, threshold, reduce, model_label, dataset, rows, score, bound,
                                              confidence, suite.settings.seed, notes, shown,
@@ -464,13 +505,23 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
     return result
 
 
-def _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes) -> list[dict]:
+def _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps, outcomes, attacks) -> list[dict]:
     order = sorted(range(len(worst)), key=lambda i: -worst[i] if m.higher_is_more_knowledge else worst[i])
     leaking = [i for i in order if m.more_knowledge(worst[i], threshold)][:MAX_SHOWN_SAMPLES]
     chosen = leaking if len(leaking) >= MIN_SHOWN_SAMPLES else order[:MIN_SHOWN_SAMPLES]
     generated = _generate(suite, handle, dataset, chosen)
+    under = ["none"] * len(chosen)
+    by_attack: dict[str, list[int]] = {}
+    for k, i in enumerate(chosen):
+        if comps[worst_at[i]] != "none":
+            by_attack.setdefault(comps[worst_at[i]], []).append(k)
+    for label, ks in by_attack.items():  # what the attacked model produced, where the attack allows
+        texts = _generate_under(suite, attacks[label], handle, dataset, [chosen[k] for k in ks], outcomes.get(label))
+        if texts is not None:
+            for k, text in zip(ks, texts):
+                generated[k], under[k] = text, label
     shown = []
-    for i, text in zip(chosen, generated):
+    for i, text, gen_under in zip(chosen, generated, under):
         attack = comps[worst_at[i]]
         outcome = outcomes.get(attack)
         prompt = dataset.prompts[i]
@@ -481,8 +532,18 @@ def _worst_samples(suite, handle, dataset, m, threshold, worst, worst_at, comps,
         detail = details[i] if details is not None else None
         shown.append({"id": dataset.ids[i], "attack": attack, "score": float(worst[i]), "prompt": str(prompt),
                       "answer": str(dataset.answers[i]), "generated": str(text),
-                      "generated_under": "none", "detail": None if detail is None else str(detail)})
+                      "generated_under": gen_under, "detail": None if detail is None else str(detail)})
     return shown
+
+
+def _generate_under(suite: Suite, attack, handle, dataset, positions: list[int], outcome) -> list[str] | None:
+    """Greedy answers under an attack (``Attack.generate``); ``None`` where the attack cannot
+    generate; a failure is shown, never raised over the verdict."""
+    try:
+        texts = attack.generate(handle, dataset, positions, suite.attack_context(), outcome)
+    except Exception as exc:  # noqa: BLE001 - the message must still come out
+        return [f"<generation under {attack.spec} failed: {type(exc).__name__}: {exc}>"] * len(positions)
+    return None if texts is None else [str(t) for t in texts]
 
 
 def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound, confidence, seed, notes,
@@ -503,6 +564,9 @@ def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound,
     body = []
     for r in rows:
         verdict = UNINFORMATIVE if r["verdict"] == "uninformative" else r["verdict"]
+        if r.get("explained_by_reference") and r["verdict"] != "leak" and r["counted"] != r["score"]:
+            verdict += (f" (on {r['explained_by_reference']} sample(s) no more than the reference: "
+                        f"counted {fmt(r['counted'])})")
         body.append([r["attack"], fmt(r["score"]), fmt(r["original"])] + ([fmt(r["reference"])] if has_ref else [])
                     + [verdict])
     pad = [""] + ([""] if has_ref else [])
@@ -522,10 +586,14 @@ def _forgotten_message(m, threshold, reduce, label, dataset, rows, score, bound,
             lines.append(f"  {k}. sample {s['id']}: {m.name} {fmt(s['score'])} under {s['attack']}")
             lines.append(f"     prompt:    {_short(s['prompt'])}")
             lines.append(f"     answer:    {_short(s['answer'])}")
-            under = " (no attack)" if s["attack"] != "none" else ""
+            if s.get("generated_under", "none") != "none":
+                under = f" under {s['generated_under']}"
+            else:
+                under = f" (no attack; {s['attack']} cannot generate)" if s["attack"] != "none" else ""
             lines.append(f"     generated{under}: {_short(s['generated'])}")
             if s.get("detail"):
                 lines.append(f"     {s['attack']}: {_short(s['detail'])}")
+    lines += ["", "next: " + _next_step(m, threshold, rows, score, bound)]
     return "\n".join(lines)
 
 
@@ -534,6 +602,22 @@ def _truncation_note(ids: list[str], n: int) -> str:
     return (f"{len(ids)} of {n} prompts were longer than the model's context and were cut from the left "
             f"(samples {shown}); their answers were scored in full, but the model did not see the start "
             "of the prompt")
+
+
+def _next_step(m, threshold, rows, score, bound) -> str:
+    """One actionable line that ends a failure message."""
+    clean = rows[0]
+    leaking = [r["attack"] for r in rows[1:] if r["verdict"] == "leak"]
+    if m.more_knowledge(clean["counted"], threshold):
+        return ("the model still states these facts with no attack: unlearn them (again, or with a stronger "
+                "method or more steps) and re-run; the samples above are where to look first")
+    if leaking or m.more_knowledge(score, threshold):
+        which = ", ".join(leaking) if leaking else "the attacks, sample by sample"
+        return (f"the knowledge is suppressed, not removed: {which} bring(s) it back; unlearn against that "
+                "threat (e.g. a method robust to it, or unlearning under the attack) and re-run; do not drop "
+                "the attack to make the gate pass")
+    return (f"the score is within the threshold but the {BOOTSTRAP_RESAMPLES}-resample bootstrap bound "
+            f"({fmt(bound)}) is not: more forget samples or a more complete unlearning narrow it")
 
 
 # ---------------------------------------------------------------- assert_retained
@@ -604,6 +688,9 @@ def _retained(suite: Suite, record: dict, metric, min_ratio, model, data) -> Ret
             lines.append(f"     prompt:    {_short(s['prompt'])}")
             lines.append(f"     answer:    {_short(s['answer'])}")
             lines.append(f"     generated: {_short(s['generated'])}")
+        lines += ["", "next: unlearning took retained knowledge with it: make it gentler (fewer steps, a lower "
+                      "learning rate, a larger retain-loss weight) or compare at equal retention "
+                      "(assert_forgotten(..., calibrate=0.9)), and re-run"]
         result.message = "\n".join(lines)
         record["message"] = result.message
     return result

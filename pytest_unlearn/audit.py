@@ -803,8 +803,7 @@ def _table(scores, ms, attack_objs, splits, uninformative_fn) -> "pd.DataFrame":
                 oa = c[c["attack"] == label]["value"]
                 ob = float(ob.iloc[0]) if len(ob) else math.nan
                 oa = float(oa.iloc[0]) if len(oa) else math.nan
-                uninf = (a.kind != "prompt" and bool(np.isfinite(ob) and np.isfinite(oa))
-                         and bool(uninformative_fn(ob, oa, m)))
+                uninf = bool(np.isfinite(ob) and np.isfinite(oa)) and bool(uninformative_fn(ob, oa, m, attack=a))
                 rows.append({"metric": m.name, "attack": label, "split": split, **fit,
                              "before_mean": float(np.nanmean(before)) if np.isfinite(before).any() else math.nan,
                              "after_mean": float(np.nanmean(after)) if np.isfinite(after).any() else math.nan,

@@ -60,6 +60,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("progress", "bool", "show progress bars for forward passes, attacks and calibration"),
     Option("update_baselines", "bool", "write or refresh the regression baselines (unlearn-baselines/*.json) "
            "instead of comparing with them"),
+    Option("strict_vacuous", "bool", "fail an assert_forgotten that passes only because the original model "
+           "already scores within the threshold (it never knew the data): for release pipelines"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 _VERBATIM = {"prompt", "system_prompt"}  # a format string's trailing newline is part of the prompt
@@ -117,6 +119,7 @@ class Settings:
     trust_remote_code: bool = False
     progress: bool = False
     update_baselines: bool = False
+    strict_vacuous: bool = False
 
     def __post_init__(self) -> None:
         for opt in OPTIONS:

@@ -241,7 +241,17 @@ def summary_lines(assertions: list[dict], calibrations: list[dict]) -> list[str]
             f"retain {fmt(cal.get('retain_score'))} (original {fmt(cal.get('original_retain_score'))}, "
             f"target {fmt(cal.get('target'))}), forget {fmt(cal.get('forget_score'))}, "
             f"{cal.get('evaluations', '?')} evaluation{'' if cal.get('evaluations') == 1 else 's'}")
-    return lines
+    return lines + warning_lines(assertions)
+
+
+def warning_lines(assertions: list[dict]) -> list[str]:
+    """The summary's notes section: every assertion warning (a vacuous pass, an uninformative
+    attack), so that a PASS that shows little is visible in the terminal, not only in the report."""
+    lines = []
+    for rec in sort_records(assertions):
+        for text in rec.get("warnings") or []:
+            lines.append(f"  {rec.get('test') or '<no test>'}: {text}")
+    return ["notes (a pass here shows little):"] + lines if lines else []
 
 
 # ---------------------------------------------------------------- the JSON report

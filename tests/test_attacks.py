@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -199,6 +200,56 @@ def test_attack_is_uninformative():
     assert not attack_is_uninformative(0.8, 0.7, "es", tolerance=0.8)
     assert attack_is_uninformative(0.8, 0.7, "es", tolerance=0.9)
     assert not attack_is_uninformative(float("nan"), 0.0, "es")
+
+
+@pytest.mark.parametrize("metric, clean, attacked, reference, kept", [
+    # higher = more knowledge: the score itself, from 0 (chance) or from the reference
+    ("es", 0.8, 0.3, None, 0.3 / 0.8),
+    ("es", 0.8, 0.5, None, 0.5 / 0.8),
+    ("es", 0.8, 0.45, 0.2, (0.45 - 0.2) / (0.8 - 0.2)),
+    ("prob", 0.9, 0.6, None, 0.6 / 0.9),
+    # perplexity: on the token-probability scale 1/ppl (1.01 -> 1.03 is 0.990 -> 0.971)
+    ("ppl", 1.01, 1.03, None, (1 / 1.03) / (1 / 1.01)),
+    ("ppl", 1.01, 3.0, None, (1 / 3.0) / (1 / 1.01)),
+    ("ppl", 1.01, 2.0, 5.0, (1 / 2.0 - 1 / 5.0) / (1 / 1.01 - 1 / 5.0)),
+    # mean NLL: exp(-NLL), the same probability
+    ("mia_loss", 0.01, 0.03, None, math.exp(-0.03) / math.exp(-0.01)),
+    # truth ratio: 1 - R (R = 1: no preference for the true answer)
+    ("truth_ratio", 0.1, 0.6, None, (1 - 0.6) / (1 - 0.1)),
+    ("truth_ratio", 0.1, 0.2, 0.9, (0.9 - 0.2) / (0.9 - 0.1)),
+    # no chance level: only against a reference, in the metric's own units
+    ("mia_zlib", 0.01, 0.05, 0.06, (0.06 - 0.05) / (0.06 - 0.01)),
+    ("mia_min_k_pp", 2.0, 1.0, 0.0, (1.0 - 0.0) / (2.0 - 0.0)),
+])
+def test_knowledge_kept_means_the_same_for_every_metric(metric, clean, attacked, reference, kept):
+    from pytest_unlearn.attacks import knowledge_kept
+
+    assert knowledge_kept(clean, attacked, metric, reference) == pytest.approx(kept)
+    assert attack_is_uninformative(clean, attacked, metric, reference=reference) == (kept < 0.5)
+
+
+def test_a_small_perplexity_rise_is_not_destroyed_knowledge():
+    """ppl 1.01 -> 1.03 (probability 0.990 -> 0.971) keeps 98% of the knowledge; measured from
+    the bound (perfect knowledge) it read as tripled distance, i.e. destroyed."""
+    assert not attack_is_uninformative(1.01, 1.03, "ppl")
+    assert not attack_is_uninformative(0.01, 0.03, "mia_loss")
+    assert not attack_is_uninformative(0.01, 0.03, "truth_ratio")
+    assert attack_is_uninformative(1.01, 3.0, "ppl")
+
+
+def test_uninformative_is_one_rule_for_every_kind_of_attack():
+    from pytest_unlearn.attacks import judged_by_control, knowledge_kept
+
+    weight, lens, prompt = parse_attack("quantize:4"), parse_attack("logit_lens"), parse_attack("paraphrase")
+    assert judged_by_control(weight) and judged_by_control(lens) and not judged_by_control(prompt)
+    assert attack_is_uninformative(1.0, 0.1, "es", attack=weight)
+    assert attack_is_uninformative(1.0, 0.1, "es", attack=lens)  # the assertions skipped it, the audit did not
+    assert not attack_is_uninformative(1.0, 0.1, "es", attack=prompt)
+    # nothing to measure: no chance level and no reference, an original at chance, NaN
+    assert knowledge_kept(0.01, 0.05, "mia_zlib") is None
+    assert knowledge_kept(0.1, 0.0, "es", reference=0.2) is None
+    # per-sample arrays: mapped per sample, then averaged
+    assert knowledge_kept([1.0, 2.0], [2.0, 4.0], "ppl") == pytest.approx((0.5 + 0.25) / (1.0 + 0.5))
 
 
 # ---------------------------------------------------------------- every attack runs
@@ -505,3 +556,81 @@ def test_logit_lens_names_the_architecture_without_a_final_norm():
 
     with pytest.raises(AttackError, match="Bilinear"):
         find_final_norm(torch.nn.Bilinear(2, 2, 2))
+
+
+# ---------------------------------------------------------------- attack inputs that hold the answer
+
+def _with_leaks(world):
+    """The forget set with a duplicate of its first fact under a paraphrased question, and a
+    retain set with a row that repeats the second forget fact (answer differently spaced and
+    punctuated)."""
+    forget = world["forget"].records()
+    retain = world["retain"].records()
+    dup = {"question": forget[0]["paraphrased_question"], "answer": forget[0]["answer"]}
+    repeat = {"question": "Tell me something true.", "answer": "  " + forget[1]["answer"].upper().rstrip(".") + " !"}
+    qa = lambda rows: [{"question": r["question"], "answer": r["answer"]} for r in rows]  # noqa: E731
+    return (dataset_from_records(qa(forget) + [dup], name="forget"),
+            dataset_from_records(qa(retain) + [repeat], name="retain"))
+
+
+def test_normalise_answer():
+    from pytest_unlearn.attacks import normalise_answer
+
+    assert normalise_answer(" Paris.") == normalise_answer("paris") == "paris"
+    assert normalise_answer("Zorbin Quill was born in Vellmar.") == \
+        normalise_answer("ZORBIN QUILL WAS BORN IN VELLMAR !")
+    assert normalise_answer("born in Vellmar") != normalise_answer("born in Kelpford")
+
+
+def test_icl_never_shows_a_shot_that_states_the_scored_answer(world):
+    from pytest_unlearn.attacks import normalise_answer
+
+    forget, retain = _with_leaks(world)
+    ctx = make_ctx(world, forget=forget, retain=retain)
+    for spec, pool in [(f"icl:shots={len(retain) - 1}", retain),
+                       (f"icl:shots={len(forget) - 3},source=forget", forget)]:
+        out = run_attack(spec, "es", world["original"], forget, ctx)
+        by_id = dict(zip(pool.ids, pool.answers))
+        for answer, detail in zip(forget.answers, out.details):
+            shown = detail.split(" ")[-1].split(",")
+            assert all(normalise_answer(by_id[j]) != normalise_answer(answer) for j in shown), (spec, detail)
+        # retain: the repeated fact is left out for the one sample it repeats; forget: the
+        # duplicate pair each leave the other out
+        assert out.excluded == (1 if pool is retain else 2)
+        assert any(f"{out.excluded} shot candidate(s) left out" in n for n in out.notes)
+    with pytest.raises(AttackError, match="same answer"):
+        run_attack(f"icl:shots={len(retain)}", "es", world["original"], forget, ctx)
+
+
+def test_relearn_never_trains_on_a_row_that_states_a_scored_answer(world):
+    from pytest_unlearn.attacks import normalise_answer
+
+    forget, retain = _with_leaks(world)
+    ctx = make_ctx(world, forget=forget, retain=retain)
+    keys = [normalise_answer(a) for a in forget.answers]
+    for spec, left_out in [(f"relearn:folds={len(forget)}", 2), ("relearn:on=retain", 1)]:
+        plan = parse_attack(spec)._plan(forget, ctx)
+        assert sum(len(rows) for _, rows, _, _ in plan) == len(forget)
+        for _, rows, train, _ in plan:
+            scored = {keys[i] for i in rows}
+            assert not scored & {normalise_answer(a) for a in train.answers}
+        # leave-one-out: each of the duplicate pair is left out of the other's training fold;
+        # retain: the row repeating a forget fact
+        assert sum(x for *_, x in plan) == left_out
+    out = run_attack("relearn:on=retain,steps=1", "es", world["original"], forget, ctx)
+    assert out.excluded == 1 and any("1 training row(s) left out" in n for n in out.notes)
+
+
+def test_relearn_generates_on_the_relearned_weights_and_restores(world):
+    """Each row's fold is trained again with its seed: greedy decoding reproduces the answer
+    exactly where the attack's ES is 1, and the weights are put back."""
+    model, data = world["original"], world["forget"]
+    ctx = make_ctx(world)
+    attack = parse_attack("relearn:steps=2,lr=1e-2")
+    before = state(model.model)
+    es = attack.run("es", model, data, ctx).values
+    rows = [5, 0, 3]
+    texts = attack.generate(model, data, rows, ctx)
+    assert_unchanged(model.model, before)
+    assert [t.startswith(data.answers[i]) for t, i in zip(texts, rows)] == [bool(es[i] == 1.0) for i in rows]
+    assert parse_attack("logit_lens").generate(model, data, rows, ctx) is None  # cannot generate

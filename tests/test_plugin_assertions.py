@@ -229,3 +229,168 @@ def test_calibrate_scores_the_calibrated_model(good):
     calibration = good.calibrate(0.9)
     assert result.record["calibrate"]["alpha"] == pytest.approx(calibration.alpha)
     assert result.record["model"]["fingerprint"] == calibration.model.fingerprint
+
+
+# ---------------------------------------------------------------- the reference rule
+
+@pytest.fixture(scope="module")
+def reference_gate(toy_world):
+    """The unlearned model is the reference itself: the gold standard of forgetting."""
+    suite = Suite.from_paths(original=toy_world["original"], model=toy_world["reference"],
+                             reference=toy_world["reference"], forget=toy_world["forget"],
+                             retain=toy_world["retain"], cache_dir=None)
+    yield suite
+    suite.close()
+
+
+@pytest.fixture(scope="module")
+def twin(toy_world, tmp_path_factory):
+    """A model that scores like the reference with no attack but is another model (weights
+    nudged by 1e-6), with the reference as the control."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("twin") / "twin"
+    shutil.copytree(toy_world["reference"], folder)
+    weights = load_file(folder / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] * (1 + 1e-6)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    suite = Suite.from_paths(original=toy_world["original"], model=folder, reference=toy_world["reference"],
+                             forget=toy_world["forget"], retain=toy_world["retain"], cache_dir=None)
+    yield suite
+    suite.close()
+
+
+def test_the_reference_passes_its_own_gate_under_relearning_on_the_forget_set(reference_gate, bad):
+    """docs/attacks.md: a leak is recovery above what the attack gives the never-knew reference.
+    Relearning on forget folds lifts even the reference beyond 0.17 (the answers' shape is
+    learnable); that is no leak.  The original, under the same gate, still fails."""
+    attacks_available("relearn")
+    spec = "relearn:on=forget"
+    result = assert_forgotten("es", 0.17, under_attack=[spec], suite=reference_gate)
+    row = result.record["attacks"][1]
+    assert row["score"] > 0.17  # what the attack gave, counted only beyond the reference
+    assert row["explained_by_reference"] == len(reference_gate.forget) and row["verdict"] == "ok"
+    assert result.score == pytest.approx(result.scores["none"].mean())
+    with pytest.raises(UnlearningAssertionError, match=r"leak"):
+        assert_forgotten("es", 0.17, under_attack=[spec], suite=bad)
+
+
+def _by_model(values_for):
+    """A custom weight attack whose per-sample score depends on the model it attacks."""
+    def values(model, data):
+        role = "twin" if "twin" in str(model.source) else "reference" if "reference" in str(model.source) \
+            else "original"
+        return np.asarray(values_for[role](len(data)), dtype=np.float64)
+    return values
+
+
+def test_under_a_reference_only_recovery_beyond_it_counts_per_sample(twin):
+    attacks_available()
+    as_much = _custom_attack("lift", "weight", _by_model({
+        "twin": lambda n: np.full(n, 0.6), "reference": lambda n: np.full(n, 0.6),
+        "original": lambda n: np.ones(n)}))
+    result = assert_forgotten("es", 0.25, under_attack=[as_much], suite=twin)
+    assert result.record["attacks"][1]["explained_by_reference"] == len(twin.forget)
+    assert "no more knowledge under it than the reference" in " ".join(result.notes)
+    # one sample recovers beyond the reference: it counts in full, and that tips the mean
+    one_more = _custom_attack("lift", "weight", _by_model({
+        "twin": lambda n: np.r_[0.95, np.full(n - 1, 0.6)], "reference": lambda n: np.full(n, 0.6),
+        "original": lambda n: np.ones(n)}))
+    clean = result.scores["none"].to_numpy()
+    expected = np.r_[0.95, clean[1:]].mean()
+    assert expected > 0.25
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.25, under_attack=[one_more], suite=twin)
+    assert info.value.result.score == pytest.approx(expected)
+    assert info.value.result.scores["worst_attack"].tolist()[0] == "lift"
+    # without a reference the rule does not apply: today's worst case over every attack
+    plain = Suite.from_paths(original=twin.settings.original, model=twin.settings.model,
+                             forget=twin.settings.forget, retain=twin.settings.retain, cache_dir=None)
+    try:
+        with pytest.raises(UnlearningAssertionError):
+            assert_forgotten("es", 0.25, under_attack=[as_much], suite=plain)
+    finally:
+        plain.close()
+
+
+# ---------------------------------------------------------------- what the attacked model produced
+
+def _prompt_attack_asking(other):
+    """A prompt attack that asks, for forget sample k, retain question k (the answer scored is
+    unchanged): the reference answers it, so its generation under the attack is a retain fact."""
+    from pytest_unlearn.attacks.base import Attack, AttackOutcome
+    from pytest_unlearn.prompts import dataset_parts
+
+    class AskOther(Attack):
+        name, kind = "ask_other", "prompt"
+
+        def _run(self, metric, model, data, ctx):
+            parts = [p.with_(question=other.prompts[k]) for k, p in enumerate(dataset_parts(data))]
+            return AttackOutcome(np.ones(len(data)), {}, None, [p.question for p in parts], parts=parts)
+
+    return AskOther()
+
+
+def test_the_message_shows_what_the_model_generated_under_the_attack(good):
+    attacks_available()
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.3, under_attack=[_prompt_attack_asking(good.retain)], suite=good)
+    message = str(info.value)
+    shown = info.value.result.record["worst_samples"]
+    assert [s["generated_under"] for s in shown] == ["ask_other"] * len(shown)
+    assert message.count("generated under ask_other:") == len(shown) and "(no attack)" not in message
+    for s in shown:  # the retain fact asked under the attack, not the forget question's answer
+        k = good.forget.ids.index(s["id"])
+        person = " ".join(good.retain.answers[k].split()[:2])
+        assert person in s["generated"] and s["prompt"] == good.retain.prompts[k]
+    assert message.splitlines()[-1].startswith("next: the knowledge is suppressed, not removed: ask_other")
+
+
+def test_weight_attacks_generate_on_the_attacked_weights_and_others_say_they_cannot(good, bad):
+    attacks_available()
+    from pytest_unlearn.attacks.base import Attack, AttackOutcome
+
+    class Boost(Attack):
+        name, kind = "boost", "weight"
+
+        def _run(self, metric, model, data, ctx):
+            return AttackOutcome(np.ones(len(data)), {}, None, None)
+
+        def generate(self, model, data, rows, ctx, outcome=None):
+            return [f"attacked answer {data.ids[i]}" for i in rows]
+
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.3, under_attack=[Boost()], suite=good)
+    first = info.value.result.record["worst_samples"][0]
+    assert f"generated under boost: attacked answer {first['id']}" in str(info.value)
+    blind = _custom_attack("blind", "representation", lambda model, data: np.ones(len(data)))
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.3, under_attack=[blind], suite=good)
+    assert "generated (no attack; blind cannot generate):" in str(info.value)
+    # a leak with no attack says so, and what to do
+    with pytest.raises(UnlearningAssertionError) as info:
+        assert_forgotten("es", 0.3, suite=bad)
+    assert str(info.value).splitlines()[-1].startswith("next: the model still states these facts with no attack")
+
+
+def test_quantize_generates_on_the_quantized_weights_and_restores(good):
+    """Greedy decoding reproduces the whole answer exactly where ES is 1 (its definition), so
+    the generations under quantize:4 must agree with the ES under quantize:4, sample by sample;
+    on the toy original 4-bit rounding changes what follows the answers."""
+    attacks_available("quantize:4")
+    import torch
+
+    from pytest_unlearn.attacks import parse_attack
+    from pytest_unlearn.metrics import get_metric
+    from pytest_unlearn.prompts import dataset_parts
+
+    attack, model, data = parse_attack("quantize:4"), good.original, good.forget
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    es = good.run_attack(attack, get_metric("es"), model, data).values
+    texts = attack.generate(model, data, range(len(data)), good.attack_context())
+    assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
+    assert [t.startswith(a) for t, a in zip(texts, data.answers)] == [bool(e == 1.0) for e in es]
+    assert texts != good.scorer.generate(model, dataset_parts(data))

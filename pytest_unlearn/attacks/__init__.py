@@ -16,7 +16,8 @@ Importing this package does not import torch.
 
 from __future__ import annotations
 
-from .base import (ATTACKS, Attack, AttackContext, AttackOutcome, Param, attack_is_uninformative,
+from .base import (ATTACKS, Attack, AttackContext, AttackOutcome, Param, attack_is_uninformative, judged_by_control,
+                   knowledge_kept, normalise_answer,
                    parse_attack, register_attack, run_attack, worst_case)
 from .logit_lens import LogitLens
 from .prompt_attacks import InContext, Jailbreak, Noise, Paraphrase, Prefill
@@ -24,4 +25,5 @@ from .weight_attacks import Quantize, Relearn
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "InContext", "Jailbreak", "LogitLens",
            "Noise", "Param", "Paraphrase", "Prefill", "Quantize", "Relearn", "attack_is_uninformative",
+           "judged_by_control", "knowledge_kept", "normalise_answer",
            "parse_attack", "register_attack", "run_attack", "worst_case"]

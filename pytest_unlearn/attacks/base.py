@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from ..scoring import Scorer
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "Param", "attack_is_uninformative",
-           "parse_attack", "register_attack", "run_attack", "worst_case"]
+           "judged_by_control", "knowledge_kept", "normalise_answer", "parse_attack", "register_attack",
+           "run_attack", "worst_case"]
 
 
 # ---------------------------------------------------------------- context and outcome
@@ -66,6 +67,32 @@ class AttackOutcome:
     prompts: list[str] | None   # per sample: the attacked prompt text (None for weight attacks)
     notes: list[str] = field(default_factory=list)
     spec: str = ""              # the canonical spec of the attack that produced it
+    excluded: int = 0           # inputs left out because their answer equals a scored one
+                                # (icl shot candidates over all samples, relearn training rows)
+    parts: list | None = None   # per sample: the attacked PromptParts (prompt attacks), to generate from
+
+
+def _generate_rows(ctx: AttackContext, handle: "ModelHandle", data: "Dataset", rows, parts=None) -> list[str]:
+    """Greedy answers of ``handle`` for some rows (their prompt parts, or ``parts``)."""
+    from ..prompts import dataset_parts
+
+    rows = [int(i) for i in rows]
+    if parts is None:
+        base = dataset_parts(data)
+        parts = [base[i] for i in rows]
+    names = [f"{data.source} sample {data.ids[i]}" for i in rows]
+    return list(ctx.scorer.generate(handle, parts, names))
+
+
+def normalise_answer(text) -> str:
+    """An answer reduced for "is this the same fact?": casefolded, with every punctuation
+    and whitespace character removed (``"Paris."`` and ``" paris"`` are equal)."""
+    return "".join(ch for ch in str(text).casefold() if ch.isalnum())
+
+
+def same_answer(a: str, b: str) -> bool:
+    """Whether two normalised answers are the same fact (an empty answer matches nothing)."""
+    return bool(a) and a == b
 
 
 # ---------------------------------------------------------------- the base class
@@ -181,6 +208,16 @@ class Attack:
 
     def _run(self, metric: Metric, model: "ModelHandle", data: "Dataset", ctx: AttackContext) -> AttackOutcome:
         raise NotImplementedError
+
+    def generate(self, model: "ModelHandle", data: "Dataset", rows: Sequence[int], ctx: AttackContext,
+                 outcome: AttackOutcome | None = None) -> list[str] | None:
+        """Greedy answers to ``rows`` of ``data`` *under this attack*, for failure messages:
+        from the attacked prompts that ``outcome`` recorded (prompt attacks), or, for attacks
+        that change the weights, on the attacked weights before they are restored.  ``None``
+        where the attack cannot generate (e.g. ``logit_lens`` reads intermediate layers)."""
+        if outcome is not None and outcome.parts is not None:
+            return _generate_rows(ctx, model, data, rows, [outcome.parts[int(i)] for i in rows])
+        return None
 
 
 def _show(value: Any) -> str:
@@ -317,34 +354,81 @@ def run_attack(spec: "str | Attack", metric: "str | Metric", model: "ModelHandle
 
 # ---------------------------------------------------------------- controls
 
-def attack_is_uninformative(clean_original: float, attacked_original: float, metric: "str | Metric",
-                            tolerance: float = 0.5) -> bool:
-    """True when an attack destroys the *original* model's knowledge.
+def _as_knowledge(value, m: Metric):
+    """A metric value on one scale for every metric: higher = more knowledge, and 0 = the
+    metric's chance ("no knowledge") level; ``None`` for metrics without one.
 
-    Knowledge is measured from the metric's bound on the "no knowledge" side: for a
-    higher-is-more-knowledge metric with a finite lower bound (ES, EM, prob, ROUGE) the
-    original keeps ``(attacked - lb) / (clean - lb)`` of its knowledge; for a lower-is-more
-    metric with a finite lower bound (PPL, NLL, truth ratio) the distance to the bound
-    grows by ``(attacked - lb) / (clean - lb)``, and knowledge kept is its inverse.  The
-    attack is uninformative when the original keeps less than ``tolerance`` of its
-    knowledge.  A metric without a finite bound on that side compares distances to the
-    other bound the same way; with none at all (Min-K%++) the answer is False.
-    The paper: such a weight attack must be reported as uninformative, not as "still
-    forgotten".
+    * ``es``, ``em``, ``prob``, ``rouge_l``: the value itself (0 = none of the answer);
+    * ``ppl``: ``1 / ppl`` and ``mia_loss`` (mean NLL): ``exp(-NLL)``, both the geometric
+      mean probability of the answer tokens; ``mia_min_k``: ``exp(value)``, the same over
+      the least likely 40% of the tokens;
+    * ``truth_ratio``: ``1 - R`` (``R = 1``: no preference between true and false answers).
+
+    ``mia_zlib`` and ``mia_min_k_pp`` have no chance level; they are judged only against a
+    reference model's score (:func:`knowledge_kept`).
+    """
+    v = np.asarray(value, dtype=np.float64)
+    name = m.name
+    if name in ("ppl",):
+        return 1.0 / v
+    if name in ("mia_loss",):
+        return np.exp(-v)
+    if name in ("mia_min_k",):
+        return np.exp(v)
+    if name in ("truth_ratio",):
+        return 1.0 - v
+    if m.higher_is_more_knowledge and math.isfinite(m.lower_bound) and math.isfinite(m.upper_bound):
+        return v - m.lower_bound  # es, em, prob, rouge_l and bounded metrics registered elsewhere
+    return None  # no chance level known: compare with a reference, or not at all
+
+
+def knowledge_kept(clean, attacked, metric: "str | Metric", reference=None) -> float | None:
+    """The share of the original's knowledge that survives an attack, on one scale for
+    every metric: ``(K(attacked) - K0) / (K(clean) - K0)``.
+
+    ``K`` maps a score onto the knowledge scale of :func:`_as_knowledge` (higher = more,
+    0 = chance), so ES 1.0 -> 0.4 keeps 0.4 and perplexity 1.01 -> 1.03 (token probability
+    0.990 -> 0.971) keeps 0.98.  ``K0``, the "no knowledge" level, is the chance level, or,
+    when ``reference`` (the never-knew reference model's score with no attack) is given, the
+    reference's knowledge: then the share is of the original's *distance to the reference*.
+    Arrays (per-sample scores) are mapped per sample, then averaged.  ``None`` when there
+    is nothing to measure: a metric with no chance level and no reference, a non-finite
+    score, or an original that shows no more knowledge than the no-knowledge level.
     """
     m = get_metric(metric)
-    c, a = float(clean_original), float(attacked_original)
-    if not (math.isfinite(c) and math.isfinite(a)) or not 0 < tolerance <= 1:
+    scale = (lambda v: _as_knowledge(v, m)) if _as_knowledge(0.5, m) is not None else None
+    if scale is None and reference is not None:  # no chance level: the raw score, oriented
+        sign = 1.0 if m.higher_is_more_knowledge else -1.0
+        scale = lambda v: sign * np.asarray(v, dtype=np.float64)  # noqa: E731
+    if scale is None:
+        return None
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        kc, ka = float(np.mean(scale(clean))), float(np.mean(scale(attacked)))
+        k0 = float(np.mean(scale(reference))) if reference is not None else 0.0
+    if not all(math.isfinite(x) for x in (kc, ka, k0)) or kc <= k0:
+        return None
+    return (ka - k0) / (kc - k0)
+
+
+def judged_by_control(attack) -> bool:
+    """Whether an attack can be uninformative: attacks that change what the model computes
+    (``weight`` and ``representation`` kinds) can break it; a prompt attack cannot, so
+    the original failing under one makes it a weak attack, not a broken model."""
+    return getattr(attack, "kind", "") != "prompt"
+
+
+def attack_is_uninformative(clean_original, attacked_original, metric: "str | Metric",
+                            tolerance: float = 0.5, *, reference=None, attack=None) -> bool:
+    """True when an attack destroys the *original* model's knowledge: the original keeps
+    less than ``tolerance`` of it (:func:`knowledge_kept`, measured from the reference's
+    score when one is given, else from the metric's chance level).  With ``attack``, only
+    attacks :func:`judged_by_control` can be uninformative.  This one rule serves the
+    assertions and the metric audit.  The paper: such a weight attack must be reported as
+    uninformative, not as "still forgotten".
+    """
+    if attack is not None and not judged_by_control(attack):
         return False
-    lb, ub = m.lower_bound, m.upper_bound
-    if m.higher_is_more_knowledge:
-        if math.isfinite(lb):
-            return c > lb and (a - lb) < tolerance * (c - lb)
-        if math.isfinite(ub):
-            return c < ub and tolerance * (ub - a) > (ub - c)
+    if not 0 < tolerance <= 1:
         return False
-    if math.isfinite(lb):
-        return (a - lb) * tolerance > (c - lb)
-    if math.isfinite(ub):
-        return c < ub and (ub - a) < tolerance * (ub - c)
-    return False
+    kept = knowledge_kept(clean_original, attacked_original, metric, reference)
+    return kept is not None and kept < tolerance

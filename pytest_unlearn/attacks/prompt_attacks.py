@@ -22,7 +22,8 @@ import numpy as np
 
 from ..errors import AttackError
 from ..prompts import PromptParts, dataset_parts, render_context
-from .base import Attack, AttackContext, AttackOutcome, register_attack, worst_case
+from .base import (Attack, AttackContext, AttackOutcome, normalise_answer, register_attack, same_answer,
+                   worst_case)
 from .params import Param, as_choice, as_float, as_int, as_name_list, as_text
 
 if TYPE_CHECKING:
@@ -76,8 +77,8 @@ def score_variants(metric: "Metric", model: "ModelHandle", data: "Dataset", ctx:
             values[rows] = ctx.scorer.per_sample(metric, model, subset, parts=[parts[i] for i in rows])
         stacked.append(values)
     values, details = worst_case(metric, stacked, list(variants))
-    prompts = [describe(variants[details[i]][i]) for i in range(n)]
-    return AttackOutcome(values, {}, details, prompts, notes)
+    chosen = [variants[details[i]][i] for i in range(n)]
+    return AttackOutcome(values, {}, details, [describe(p) for p in chosen], notes, parts=chosen)
 
 
 def _lead_in(parts: PromptParts, instruction: str) -> PromptParts:
@@ -253,22 +254,34 @@ class InContext(Attack):
             raise AttackError(f"attack {self.spec}: the {self.source} set has {len(pool)} sample(s), "
                               f"too few for {self.shots} shot(s){' besides the sample itself' if self.source == 'forget' else ''}; "
                               f"use icl:shots={max(1, len(pool) - need + self.shots)} or fewer")
+        keys = [normalise_answer(a) for a in answers]
         out, details = [], []
-        for i, (p, sid) in enumerate(zip(dataset_parts(data), data.ids)):
+        excluded, hit = 0, 0
+        for i, (p, sid, answer) in enumerate(zip(dataset_parts(data), data.ids, data.answers)):
             allowed = np.arange(len(pool))
             if self.source == "forget":
-                allowed = np.array([j for j in allowed if ids[j] != sid and questions[j] != p.question])
-                if len(allowed) < self.shots:
-                    raise AttackError(f"attack {self.spec}: only {len(allowed)} other forget item(s) "
-                                      f"for sample {sid}; use fewer shots")
+                allowed = np.array([j for j in allowed if ids[j] != sid and questions[j] != p.question], dtype=int)
+            # a shot that states the scored answer (a duplicate under another question, a
+            # retain row repeating a forget fact) would hand the model the answer
+            target = normalise_answer(answer)
+            kept = np.array([j for j in allowed if not same_answer(keys[j], target)], dtype=int)
+            excluded, hit = excluded + len(allowed) - len(kept), hit + (len(kept) < len(allowed))
+            allowed = kept
+            if len(allowed) < self.shots:
+                raise AttackError(f"attack {self.spec}: only {len(allowed)} {self.source} item(s) can be shots "
+                                  f"for sample {sid} (not the sample itself, nor one with the same answer); "
+                                  "use fewer shots")
             rng = np.random.default_rng([int(ctx.seed) & 0xFFFFFFFF, i])
             chosen = rng.choice(allowed, size=self.shots, replace=False)
             out.append(p.with_(shots=tuple(_shot(questions[j], answers[j], p.templated) for j in chosen)))
             details.append(f"{self.source} shots " + ",".join(ids[j] for j in chosen))
-        outcome = score_variants(metric, model, data, ctx, {"icl": out},
-                                 [f"icl: {self.shots} solved example(s) from the {self.source} set, "
-                                  f"drawn with seed {ctx.seed}"])
+        notes = [f"icl: {self.shots} solved example(s) from the {self.source} set, drawn with seed {ctx.seed}"]
+        if excluded:
+            notes.append(f"icl: {excluded} shot candidate(s) left out for {hit} sample(s): their answer equals "
+                         "the scored one")
+        outcome = score_variants(metric, model, data, ctx, {"icl": out}, notes)
         outcome.details = details
+        outcome.excluded = excluded
         return outcome
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..cache import cache_key
 from ..errors import AttackError
 from ..prompts import dataset_parts
-from .base import Attack, AttackContext, AttackOutcome, register_attack
+from .base import Attack, AttackContext, AttackOutcome, _generate_rows, normalise_answer, register_attack
 from .params import Param, as_bool, as_choice, as_float, as_int
 
 if TYPE_CHECKING:
@@ -161,16 +161,19 @@ def _cached(ctx: AttackContext, key: str) -> AttackOutcome | None:
     hit = ctx.cache.get(key)
     if hit is None:
         return None
+    excluded = hit.get("excluded")
     return AttackOutcome(np.asarray(hit["values"], dtype=np.float64), {"training_steps": 0, "cached": True},
                          [str(d) for d in hit["details"]], None,
-                         [str(n) for n in hit["notes"]] + ["result read from the attack cache"])
+                         [str(n) for n in hit["notes"] if str(n)] + ["result read from the attack cache"],
+                         excluded=int(excluded[0]) if excluded is not None and len(excluded) else 0)
 
 
 def _store(ctx: AttackContext, key: str, outcome: AttackOutcome) -> None:
     if ctx.cache is not None and ctx.cache.enabled:
         ctx.cache.put(key, {"values": np.asarray(outcome.values, dtype=np.float64),
                             "details": np.array(outcome.details or [""] * len(outcome.values), dtype=str),
-                            "notes": np.array(outcome.notes or [""], dtype=str)})
+                            "notes": np.array(outcome.notes or [""], dtype=str),
+                            "excluded": np.array([int(outcome.excluded)], dtype=np.int64)})
 
 
 # ---------------------------------------------------------------- quantize
@@ -212,17 +215,12 @@ class Quantize(Attack):
             raise AttackError(f"attack {self.spec}: bitsandbytes=true but bitsandbytes is not installed "
                               "(pip install bitsandbytes); or use bitsandbytes=false") from None
 
-    def _run(self, metric, model, data, ctx):
+    @contextlib.contextmanager
+    def _quantized(self, model: "ModelHandle", ctx: AttackContext):
+        """The model with its weights quantized (a derived handle, and the weights changed);
+        afterwards every changed tensor is put back bit for bit."""
         import torch
 
-        from ..models import require_in_memory
-
-        self._check_bnb(model)
-        require_in_memory(model.model, f"attack {self.spec}")
-        key = _outcome_key(self, metric, model, data, ctx)
-        hit = _cached(ctx, key)
-        if hit is not None:
-            return hit
         targets = quantizable_weights(model.model, self.include_head)
         if not targets:
             raise AttackError(f"attack {self.spec}: {type(model.model).__name__} has no Linear weights to quantize")
@@ -231,11 +229,31 @@ class Quantize(Attack):
             with torch.no_grad():
                 for _, w, transposed in targets:
                     w.copy_(self.quantize(w.t()).t() if transposed else self.quantize(w))
-            handle = model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed),
-                                  name=f"{model.name} [{self.spec}]")
-            values = ctx.scorer.per_sample(metric, handle, data)
+            yield (model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed),
+                                name=f"{model.name} [{self.spec}]"), targets)
         finally:
             snapshot.restore()
+
+    def generate(self, model, data, rows, ctx, outcome=None):
+        """Greedy answers of the quantized model, generated before the weights are restored."""
+        from ..models import require_in_memory
+
+        self._check_bnb(model)
+        require_in_memory(model.model, f"attack {self.spec}")
+        with self._quantized(model, ctx) as (handle, _):
+            return _generate_rows(ctx, handle, data, rows)
+
+    def _run(self, metric, model, data, ctx):
+        from ..models import require_in_memory
+
+        self._check_bnb(model)
+        require_in_memory(model.model, f"attack {self.spec}")
+        key = _outcome_key(self, metric, model, data, ctx)
+        hit = _cached(ctx, key)
+        if hit is not None:
+            return hit
+        with self._quantized(model, ctx) as (handle, targets):
+            values = ctx.scorer.per_sample(metric, handle, data)
         n = sum(w.numel() for _, w, _ in targets)
         variant = f"{self.method} {self.bits}-bit" + (" (bitsandbytes)" if self.bitsandbytes else "")
         outcome = AttackOutcome(values, {}, [variant] * len(data), None,
@@ -345,8 +363,12 @@ class Relearn(Attack):
               Param("lora", "auto", as_lora, f"auto (LoRA r=8 for models of {LORA_AUTO_PARAMS:.0e}+ "
                                              "parameters, else full fine-tuning), true or false"))
 
-    def _plan(self, data: "Dataset", ctx: AttackContext) -> list[tuple[str, np.ndarray, "Dataset"]]:
-        """(fold name, rows to score, data to train on) per fold."""
+    def _plan(self, data: "Dataset", ctx: AttackContext) -> list[tuple[str, np.ndarray, "Dataset", int]]:
+        """(fold name, rows to score, data to train on, training rows left out) per fold.
+
+        A training row whose normalised answer equals the answer of a row it is scored on
+        is left out: training on it would teach the scored fact itself (a duplicate under a
+        paraphrased question, a retain row repeating a forget fact)."""
         n = len(data)
         if self.on == "forget":
             if n < self.folds:
@@ -355,54 +377,95 @@ class Relearn(Attack):
                                   f"attack {self.spec}: relearning on the forget set needs at least 2 samples")
             order = np.random.default_rng([int(ctx.seed) & 0xFFFFFFFF, 1]).permutation(n)
             folds = [np.sort(f) for f in np.array_split(order, self.folds)]
-            return [(f"fold {k + 1}/{self.folds}", rows, data.subset(np.sort(np.concatenate(
-                [f for j, f in enumerate(folds) if j != k])))) for k, rows in enumerate(folds)]
-        if self.on == "retain":
+            plan = [(f"fold {k + 1}/{self.folds}", rows, data, np.sort(np.concatenate(
+                [f for j, f in enumerate(folds) if j != k]))) for k, rows in enumerate(folds)]
+        elif self.on == "retain":
             if ctx.retain is None:
                 raise AttackError(f"attack {self.spec}: no retain set; configure unlearn_retain / "
                                   "--unlearn-retain (or AttackContext(retain=...)), or use relearn:on=forget")
-            return [("retain", np.arange(n), ctx.retain)]
-        from ..data import load_dataset
+            plan = [("retain", np.arange(n), ctx.retain, np.arange(len(ctx.retain)))]
+        else:
+            from ..data import load_dataset
 
-        path = Path(self.on).expanduser()
-        if not path.is_file():
-            raise AttackError(f"attack {self.spec}: relearning data file {str(path)!r} does not exist")
-        return [(path.name, np.arange(n), load_dataset(path, name="relearn"))]
+            path = Path(self.on).expanduser()
+            if not path.is_file():
+                raise AttackError(f"attack {self.spec}: relearning data file {str(path)!r} does not exist")
+            train = load_dataset(path, name="relearn")
+            plan = [(path.name, np.arange(n), train, np.arange(len(train)))]
+        answers = [normalise_answer(a) for a in data.answers]
+        out = []
+        for fold, rows, source, candidates in plan:
+            scored = {answers[i] for i in rows} - {""}
+            keys = [normalise_answer(a) for a in source.answers]
+            keep = [int(j) for j in candidates if keys[j] not in scored]
+            if not keep:
+                raise AttackError(f"attack {self.spec}: every training row of {fold} states an answer it is "
+                                  "scored on; relearning on them would teach the scored facts themselves")
+            train = source if len(keep) == len(source) else source.subset(keep)
+            out.append((fold, rows, train, len(candidates) - len(keep)))
+        return out
+
+    def _use_lora(self, model: "ModelHandle") -> bool:
+        n_params = sum(p.numel() for p in model.model.parameters())
+        return self.lora if self.lora != "auto" else n_params >= LORA_AUTO_PARAMS
+
+    def _trained_folds(self, model: "ModelHandle", plan, ctx: AttackContext, only: "set[int] | None" = None
+                       ) -> Iterator[tuple[str, np.ndarray, "ModelHandle"]]:
+        """Per fold (only those scoring a row in ``only``, when given): train, yield (fold,
+        rows, the trained model's handle), restore.  Seeds depend on the fold's place in
+        the plan, so a fold trained again gives the same weights."""
+        prompt = ctx.scorer.prompt_format(model).spec
+        use_lora = self._use_lora(model)
+        snapshot = None if use_lora else WeightSnapshot(list(model.model.parameters()))
+        try:
+            for k, (fold, rows, train, _) in enumerate(plan):
+                if only is not None and not only.intersection(int(i) for i in rows):
+                    continue
+                seed = (int(ctx.seed) * 1000 + k) & 0x7FFF_FFFF_FFFF
+                with _trainable(model.model, use_lora, seed) as trainable:
+                    train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
+                                  batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
+                    yield fold, rows, model.derive(trainable, name=f"{model.name} [{self.spec} {fold}]",
+                                                   fingerprint=derived_fingerprint(model, self.spec, fold, ctx.seed,
+                                                                                   train.content_hash, prompt))
+                if snapshot is not None:
+                    snapshot.restore()
+        finally:
+            if snapshot is not None:
+                snapshot.restore()
+
+    def generate(self, model, data, rows, ctx, outcome=None):
+        """Greedy answers of the relearned model: each row's fold is trained again (same
+        seed, same weights), the row generated, the weights restored."""
+        from ..models import require_in_memory
+
+        require_in_memory(model.model, f"attack {self.spec}")
+        wanted = [int(i) for i in rows]
+        out: dict[int, str] = {}
+        for _, fold_rows, handle in self._trained_folds(model, self._plan(data, ctx), ctx, set(wanted)):
+            mine = [i for i in wanted if i in set(int(r) for r in fold_rows)]
+            out.update(zip(mine, _generate_rows(ctx, handle, data, mine)))
+        return [out[i] for i in wanted]
 
     def _run(self, metric, model, data, ctx):
         from ..models import require_in_memory
 
         require_in_memory(model.model, f"attack {self.spec}")
         plan = self._plan(data, ctx)
-        prompt = ctx.scorer.prompt_format(model).spec
-        key = _outcome_key(self, metric, model, data, ctx, [t.content_hash for _, _, t in plan])
+        key = _outcome_key(self, metric, model, data, ctx, [t.content_hash for _, _, t, _ in plan])
         hit = _cached(ctx, key)
         if hit is not None:
             return hit
-        n_params = sum(p.numel() for p in model.model.parameters())
-        use_lora = self.lora if self.lora != "auto" else n_params >= LORA_AUTO_PARAMS
+        use_lora = self._use_lora(model)
         values = np.full(len(data), np.nan)
         details = [""] * len(data)
-        snapshot = None if use_lora else WeightSnapshot(list(model.model.parameters()))
-        try:
-            for k, (fold, rows, train) in enumerate(plan):
-                seed = (int(ctx.seed) * 1000 + k) & 0x7FFF_FFFF_FFFF
-                with _trainable(model.model, use_lora, seed) as trainable:
-                    train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
-                                  batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
-                    handle = model.derive(trainable, name=f"{model.name} [{self.spec} {fold}]",
-                                          fingerprint=derived_fingerprint(model, self.spec, fold, ctx.seed,
-                                                                          train.content_hash, prompt))
-                    subset = data if len(rows) == len(data) else data.subset(rows)
-                    values[rows] = ctx.scorer.per_sample(metric, handle, subset)
-                if snapshot is not None:
-                    snapshot.restore()
-                for i in rows:
-                    details[i] = fold
-        finally:
-            if snapshot is not None:
-                snapshot.restore()
-        sizes = [len(t) for _, _, t in plan]
+        for fold, rows, handle in self._trained_folds(model, plan, ctx):
+            subset = data if len(rows) == len(data) else data.subset(rows)
+            values[rows] = ctx.scorer.per_sample(metric, handle, subset)
+            for i in rows:
+                details[i] = fold
+        sizes = [len(t) for _, _, t, _ in plan]
+        excluded = sum(x for _, _, _, x in plan)
         notes = [f"relearn: {self.steps} AdamW step(s) of {self.batch_size} sample(s) at lr {self.lr:g} per fold, "
                  f"{'LoRA r=8' if use_lora else 'full fine-tuning'}, answer-only loss; "
                  + ("each forget fold scored after training on the other folds" if self.on == "forget"
@@ -410,6 +473,10 @@ class Relearn(Attack):
         if self.steps * self.batch_size < min(sizes):
             notes.append(f"relearn: less than one epoch ({self.steps * self.batch_size} samples seen of "
                          f"{min(sizes)}); the paper relearns for one full epoch")
-        outcome = AttackOutcome(values, {"training_steps": self.steps * len(plan)}, details, None, notes)
+        if excluded:
+            notes.append(f"relearn: {excluded} training row(s) left out: their answer equals one the fold is "
+                         "scored on")
+        outcome = AttackOutcome(values, {"training_steps": self.steps * len(plan)}, details, None, notes,
+                                excluded=excluded)
         _store(ctx, key, outcome)
         return outcome
