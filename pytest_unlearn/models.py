@@ -772,8 +772,9 @@ def handle_from_objects(model, tokenizer, *, name: str = "model", source: str = 
 
 def check_same_tokenizer(a: ModelHandle, b: ModelHandle, why: str = "") -> None:
     """Raise :class:`ModelMismatchError` unless ``a`` and ``b`` have the same vocabulary (token ->
-    id).  ``why`` finishes "..., so <why>" without naming the models again.  Per-token scores of two models are only comparable when they split the answers into
-    the same tokens, so a comparison (a control, a ratio, a mix) needs this."""
+    id).  Per-token scores of two models are only comparable when they split the answers into
+    the same tokens, so a comparison (a control, a ratio, a mix) needs this.  ``why`` ends
+    the message's first sentence ("..., so <why>") without naming the models again."""
     ta, tb = a.tokenizer, b.tokenizer
     if ta is tb:
         return

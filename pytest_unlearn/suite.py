@@ -81,11 +81,12 @@ class Suite:
 
     @classmethod
     def from_paths(cls, original=None, model=None, forget=None, retain=None, holdout=None,
-                   reference=None, *, cache_dir: Any = _USE_ENV, **settings) -> "Suite":
+                   reference=None, *, cache_dir: Any = _USE_ENV, root: Any = None, **settings) -> "Suite":
         """A suite for a notebook or script; ``settings`` are further :class:`Settings` fields.
-        Results are cached under ``$PYTEST_UNLEARN_CACHE_DIR/results`` when that is set."""
+        Results are cached under ``$PYTEST_UNLEARN_CACHE_DIR/results`` when that is set;
+        relative ``model=`` / ``data=`` paths start from ``root`` (default: the working directory)."""
         return cls(Settings(original=original, model=model, forget=forget, retain=retain,
-                            holdout=holdout, reference=reference, **settings), cache_dir=cache_dir)
+                            holdout=holdout, reference=reference, **settings), cache_dir=cache_dir, root=root)
 
     # ------------------------------------------------------------ activation
     def activate(self) -> "Suite":
