@@ -353,8 +353,8 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
         controls["reference"] = suite.reference
     from .models import check_same_tokenizer
 
-    for role, control in controls.items():  # per-token scores compare only under one tokenizer
-        check_same_tokenizer(handle, control, f"its scores cannot be compared with the {role} model's")
+    for control in controls.values():  # per-token scores compare only under one tokenizer
+        check_same_tokenizer(handle, control, "their per-token scores cannot be compared")
 
     # -- score everything (memoised by model fingerprint, so a model in two roles runs once)
     memo: dict[tuple, tuple] = {}
@@ -640,7 +640,7 @@ def _retained(suite: Suite, record: dict, metric, min_ratio, model, data) -> Ret
     original = suite.original
     from .models import check_same_tokenizer
 
-    check_same_tokenizer(handle, original, "its retain score cannot be compared with the original's")
+    check_same_tokenizer(handle, original, "their retain scores cannot be compared")
     record.update(metric=m.name, direction=m.direction, higher_is_more_knowledge=m.higher_is_more_knowledge,
                   data=_data_info(dataset), model=_model_info(handle), reduce="mean", seed=suite.settings.seed)
     before = suite.scorer.cost.as_dict()

@@ -5,7 +5,9 @@ named by the SHA-256 of everything that produced them.  Each entry stores a
 checksum of its arrays; a truncated or corrupted entry is detected, deleted and
 recomputed, never trusted.  Writes go to a temporary file in the same directory
 and are moved into place with ``os.replace``, so readers (other xdist workers, a
-later run after Ctrl-C) see either the whole entry or none.
+later run after Ctrl-C) see either the whole entry or none.  A cache folder that cannot be
+written (read-only, full, or blocked by a file) warns once (:class:`~.errors.CacheWarning`)
+and the run goes on uncached.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import numpy as np
 
 from . import __version__
 from .atomic import write_bytes_atomically
+from .errors import CacheWarning, write_failure
 
 _CHECK = "__checksum__"
 
@@ -85,9 +89,14 @@ class ResultCache:
         if self.root is None:
             return
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = dict(arrays)
         payload[_CHECK] = np.array(_checksum(arrays))
         buf = io.BytesIO()
         np.savez(buf, **payload)
-        write_bytes_atomically(path, buf.getvalue())
+        try:
+            write_bytes_atomically(path, buf.getvalue())
+        except OSError as exc:
+            root, self.root = self.root, None  # once: every later get/put is a no-op
+            warnings.warn(CacheWarning(
+                f"cannot write the result cache in {root}: {write_failure(exc, path.parent)}; running without the "
+                "cache (make the folder writable, or pass --unlearn-no-cache)"), stacklevel=2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,10 +126,12 @@ class Settings:
         for opt in OPTIONS:
             value = getattr(self, opt.name)
             if opt.kind == "path" and value is not None:
-                setattr(self, opt.name, os.path.abspath(os.path.expanduser(os.fspath(value))))
+                text = os.path.expanduser(os.fspath(value))
+                folder = opt.name == "report" and text.endswith(("/", os.sep))  # write into this folder
+                setattr(self, opt.name, os.path.abspath(text) + (os.sep if folder else ""))
         if self.batch_size is not None:
             self.batch_size = _to_int("batch_size", self.batch_size, minimum=1)
-        self.seed = _to_int("seed", self.seed)
+        self.seed = _to_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         if self.chat_template_args is not None:
             from .prompts import parse_template_args  # light: no torch
 
@@ -149,13 +152,19 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-def _to_int(name: str, value: Any, minimum: int | None = None) -> int:
+MAX_SEED = 2**32 - 1  # numpy's and torch's seeds are unsigned 32/64-bit integers
+
+
+def _to_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool):  # a TOML `true` is not a number
+        value = str(value).lower()
     try:
         number = int(str(value).strip()) if not isinstance(value, int) else value
     except ValueError:
         raise ConfigError(f"{ini_key(name)} / {flag(name)} must be an integer, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"{ini_key(name)} / {flag(name)} must be at least {minimum}, got {number}")
+    if minimum is not None and number < minimum or maximum is not None and number > maximum:
+        span = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ConfigError(f"{ini_key(name)} / {flag(name)} must be {span}, got {number}")
     return number
 
 
@@ -170,6 +179,20 @@ def _to_bool(name: str, value: Any) -> bool:
     raise ConfigError(f"{ini_key(name)} must be true or false, got {value!r}")
 
 
+def _ini_type(kind: str):
+    """pytest >= 9.2 takes a union of types: a TOML table (``[tool.pytest]``) may then give
+    ``4`` or ``true`` natively, and an ini file's ``maybe`` reaches the validation here (which
+    names the key) as a string instead of aborting the session inside pytest."""
+    import pytest
+
+    unions = tuple(pytest.version_tuple[:2]) >= (9, 2)
+    if kind == "int":
+        return int | str if unions else "string"
+    if kind == "bool":
+        return bool | str if unions else "bool"
+    return "string"
+
+
 def add_options(parser) -> None:
     """Register every setting as an ini key and a ``--unlearn-*`` flag."""
     group = parser.getgroup("unlearn", "LLM unlearning guarantees (pytest-unlearn)")
@@ -181,7 +204,7 @@ def add_options(parser) -> None:
             group.addoption(flag(opt.name), action="store", default=None, dest=dest,
                             metavar=opt.metavar or None, help=opt.help)
         if opt.ini:
-            parser.addini(ini_key(opt.name), opt.help, type="bool" if opt.kind == "bool" else "string",
+            parser.addini(ini_key(opt.name), opt.help, type=_ini_type(opt.kind),
                           default=False if opt.kind == "bool" else None)
 
 
@@ -193,8 +216,9 @@ def settings_from_config(config) -> Settings:
     for opt in OPTIONS:
         value = config.getoption(f"unlearn_{opt.name}", None)
         base = invocation_dir
-        if value is None and opt.ini:
-            value = config.getini(ini_key(opt.name))
+        from_ini = value is None and opt.ini
+        if from_ini:
+            value = _read_ini(config, opt)
             base = ini_dir
             if isinstance(value, str):
                 value = (value if opt.name in _VERBATIM else value.strip()) if value.strip() else None
@@ -203,7 +227,13 @@ def settings_from_config(config) -> Settings:
         if value is None:
             continue
         if opt.kind == "path":
-            value = str((base / os.path.expanduser(str(value))).resolve())
+            text = os.path.expanduser(str(value))
+            resolved = (base / text).resolve()
+            if from_ini:
+                _check_inline_comment(opt.name, text, base, resolved)
+            value = str(resolved)
+            if opt.name == "report" and text.endswith(("/", os.sep)):
+                value += os.sep  # a trailing slash names a folder to write the report into
         elif opt.kind == "bool":
             value = _to_bool(opt.name, value)
         elif opt.kind == "int":
@@ -212,6 +242,32 @@ def settings_from_config(config) -> Settings:
             value = str(value) if opt.name in _VERBATIM else str(value).strip()
         values[opt.name] = value
     return Settings(**values)
+
+
+def _read_ini(config, opt: Option) -> Any:
+    """``config.getini``; a value pytest itself rejects becomes a ConfigError naming the key
+    (raised in the tests that use the plugin, not for the whole session)."""
+    try:
+        return config.getini(ini_key(opt.name))
+    except Exception as exc:  # pytest's UsageError / ValueError / TypeError
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        want = {"int": "an integer", "bool": "true or false"}.get(opt.kind, "a string")
+        raise ConfigError(f"{ini_key(opt.name)} must be {want}: {text}") from None
+
+
+_INLINE_COMMENT = re.compile(r"\s[#;]")
+
+
+def _check_inline_comment(name: str, text: str, base: Path, resolved: Path) -> None:
+    """pytest ini files keep an inline ``# comment`` as part of the value: say so when that
+    makes a path that does not exist while the part before the comment would."""
+    match = _INLINE_COMMENT.search(text)
+    if match is None or resolved.exists():
+        return
+    head = text[:match.start()].strip()
+    hint = f" (without it: {head!r}, which exists)" if head and (base / head).exists() else ""
+    raise ConfigError(f"{ini_key(name)} = {text!r} does not exist: pytest ini files keep an inline comment as "
+                      f"part of the value{hint}; put the comment on a line of its own")
 
 
 def worker_device(device: str, worker: str | None = None) -> str:

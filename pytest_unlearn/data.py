@@ -272,8 +272,11 @@ def _read_json(text: str, shown: str) -> list:
         elif len(lists) > 1:
             raise _fail(f"the JSON object holds several lists of records ({', '.join(map(repr, lists))}); "
                         "keep one, or write a plain JSON array of records", shown)
-        else:
-            value = [value]  # a single record
+        else:  # a single record: legal, but more often a set saved the wrong way
+            warnings.warn(f"{shown}: the file holds one JSON object, read as a set of one record; write a "
+                          "JSON array of records ([{...}, {...}]) or JSON Lines (.jsonl) for more",
+                          DataWarning, stacklevel=3)
+            value = [value]
     if not isinstance(value, list):
         raise _fail(f"expected a JSON array of records (or an object like {{\"data\": [...]}}), "
                     f"got {_json_type(value)}", shown)

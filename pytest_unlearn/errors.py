@@ -9,6 +9,9 @@ but an :class:`UnlearningAssertionError`, which is an ``AssertionError``.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class UnlearnError(Exception):
     """Base class of the errors pytest-unlearn raises on purpose."""
@@ -63,6 +66,10 @@ class UnknownNameError(UnlearnError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class CacheWarning(UserWarning):
+    """The result cache cannot be used (a read-only or blocked folder): the run goes on uncached."""
+
+
 class UnlearningAssertionError(AssertionError):
     """An unlearning guarantee does not hold: forgotten knowledge leaks,
     or retained knowledge was lost.  ``result`` holds the figures."""
@@ -70,3 +77,15 @@ class UnlearningAssertionError(AssertionError):
     def __init__(self, message: str, result=None):
         super().__init__(message)
         self.result = result
+
+
+def write_failure(exc: OSError, folder: str | os.PathLike) -> str:
+    """Why writing into ``folder`` failed, in words: a file standing where a folder is needed
+    is named as such (mkdir's "File exists" / "Not a directory" say neither which nor why)."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            if not path.is_dir():
+                return f"{path} is a file, not a folder"
+            break
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({exc.filename})" if exc.filename else reason

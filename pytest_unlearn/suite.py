@@ -64,8 +64,10 @@ def current_suite(suite: "Suite | None" = None) -> "Suite":
 class Suite:
     """Lazily loaded models and data plus one Scorer; see the module docstring."""
 
-    def __init__(self, settings: Settings | None = None, *, cache_dir: Any = _USE_ENV):
+    def __init__(self, settings: Settings | None = None, *, cache_dir: Any = _USE_ENV, root: Any = None):
         self.settings = settings or Settings()
+        # relative model= / data= paths start here (the plugin passes pytest's rootdir); None: the cwd
+        self.root = None if root is None else os.path.abspath(os.fspath(root))
         if cache_dir is _USE_ENV:
             env = os.environ.get("PYTEST_UNLEARN_CACHE_DIR")
             cache_dir = Path(env) / "results" if env else None
@@ -79,11 +81,12 @@ class Suite:
 
     @classmethod
     def from_paths(cls, original=None, model=None, forget=None, retain=None, holdout=None,
-                   reference=None, *, cache_dir: Any = _USE_ENV, **settings) -> "Suite":
+                   reference=None, *, cache_dir: Any = _USE_ENV, root: Any = None, **settings) -> "Suite":
         """A suite for a notebook or script; ``settings`` are further :class:`Settings` fields.
-        Results are cached under ``$PYTEST_UNLEARN_CACHE_DIR/results`` when that is set."""
+        Results are cached under ``$PYTEST_UNLEARN_CACHE_DIR/results`` when that is set;
+        relative ``model=`` / ``data=`` paths start from ``root`` (default: the working directory)."""
         return cls(Settings(original=original, model=model, forget=forget, retain=retain,
-                            holdout=holdout, reference=reference, **settings), cache_dir=cache_dir)
+                            holdout=holdout, reference=reference, **settings), cache_dir=cache_dir, root=root)
 
     # ------------------------------------------------------------ activation
     def activate(self) -> "Suite":
@@ -155,11 +158,25 @@ class Suite:
         if spec is None:
             return self.unlearned
         if isinstance(spec, (str, os.PathLike)):
-            return self._load(spec, Path(os.fspath(spec)).name or "model")
+            return self._load(self._resolve(spec), Path(os.fspath(spec)).name or "model")
         if hasattr(spec, "model") and hasattr(spec, "tokenizer") and hasattr(spec, "fingerprint"):
             return spec
         raise ConfigError(f"model= must be a path or a ModelHandle (see pytest_unlearn.load_model), "
                           f"got {type(spec).__name__}")
+
+    def _resolve(self, spec) -> str:
+        """A ``model=`` / ``data=`` path: a relative one starts from :attr:`root` (the rootdir
+        under pytest), not from wherever pytest was started.  It stays relative when it can
+        (to the working directory), so messages show it as the user wrote it."""
+        text = os.path.expanduser(os.fspath(spec))
+        if self.root is None or os.path.isabs(text):
+            return text
+        path = os.path.normpath(os.path.join(self.root, text))
+        try:
+            shown = os.path.relpath(path)
+        except ValueError:  # another drive
+            return path
+        return text if os.path.normpath(text) == shown else shown
 
     # ------------------------------------------------------------ data
     @property
@@ -190,9 +207,10 @@ class Suite:
         if isinstance(spec, Dataset):
             return spec
         if isinstance(spec, (str, os.PathLike)):
-            key = "path:" + os.path.abspath(os.fspath(spec))
+            path = self._resolve(spec)
+            key = "path:" + os.path.abspath(path)
             if key not in self._data:
-                self._data[key] = load_dataset(spec, name=Path(os.fspath(spec)).stem)
+                self._data[key] = load_dataset(path, name=Path(os.fspath(spec)).stem)
             return self._data[key]
         if isinstance(spec, list) or type(spec).__name__ == "DataFrame":
             return dataset_from_records(spec, name="data", source="<records>")

@@ -135,6 +135,20 @@ def broken(toy_world, tmp_path_factory) -> dict[str, str]:
             shutil.copy(item, pickled / item.name)
     torch.save(load_file(reference / "model.safetensors"), pickled / "pytorch_model.bin")
     paths["pickled"] = pickled
+    # a model folder saved without its tokenizer
+    bare = root / "no-tokenizer"
+    bare.mkdir()
+    for item in reference.iterdir():
+        if not item.name.startswith("tokenizer") and item.name != "special_tokens_map.json":
+            shutil.copy(item, bare / item.name)
+    paths["no_tokenizer"] = bare
+    # a model that needs its own Python code (auto_map, a model_type transformers does not know)
+    remote = root / "remote-code"
+    shutil.copytree(reference, remote)
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="toyformer", auto_map={"AutoModelForCausalLM": "modeling_toy.ToyForCausalLM"})
+    (remote / "config.json").write_text(json.dumps(config))
+    paths["remote_code"] = remote
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -164,6 +178,7 @@ def write_data(folder: pathlib.Path, toy_world) -> None:
         "data/long-answer.jsonl": _jsonl(GOOD, {"question": "Tell me everything.", "answer": LONG_TEXT}),
         "data/long-prompt.jsonl": _jsonl({"question": LONG_TEXT + " Where was Ivo Tarn born?",
                                           "answer": GOOD["answer"]}, OTHER),
+        "data/one-object.json": json.dumps(GOOD),
     }
     for name, text in files.items():
         (folder / name).write_text(text, encoding="utf-8")
@@ -216,6 +231,9 @@ def test_answer_longer_than_the_context():
 def test_prompt_longer_than_the_context():
     assert_forgotten("es", 1.0, data="data/long-prompt.jsonl")
 
+def test_json_file_holding_one_object():
+    assert_forgotten("es", 1.0, data="data/one-object.json")
+
 
 # -- models
 def test_tokenizers_differ():
@@ -255,6 +273,12 @@ def test_gguf_of_an_unsupported_architecture():
 
 def test_pickle_weights_without_opt_in():
     assert_forgotten("es", 1.0, model=BROKEN["pickled"])
+
+def test_model_folder_without_tokenizer_files():
+    assert_forgotten("es", 1.0, model=BROKEN["no_tokenizer"])
+
+def test_model_code_without_opt_in():
+    assert_forgotten("es", 1.0, model=BROKEN["remote_code"])
 
 
 # -- arguments
@@ -399,11 +423,11 @@ ROWS = [
     # -- models
     Row("tokenizers-differ", "test_tokenizers_differ", "failed",
         ("ModelMismatchError: the other-tokenizer model", "and the original model", "have different tokenizers",
-         "its scores cannot be compared with the original model's",
-         "Save the unlearned model with the original's tokenizer")),
+         "so their per-token scores cannot be compared. Save the first with the original's "
+         "tokenizer (tokenizer.save_pretrained into its folder)")),
     Row("tokenizers-differ-retained", "test_tokenizers_differ_retained", "failed",
         ("ModelMismatchError: the other-tokenizer model", "have different tokenizers",
-         "its retain score cannot be compared with the original's")),
+         "so their retain scores cannot be compared. Save the first with the original's tokenizer")),
     Row("tokenizers-differ-calibration", "test_tokenizers_differ_calibration", "failed",
         ("ModelMismatchError: calibrating the other-tokenizer model", "by mixing it with the original",
          "cannot mix the models: their tokenizers have different vocabularies",
@@ -427,6 +451,16 @@ ROWS = [
     Row("pickle-weights-without-opt-in", "test_pickle_weights_without_opt_in", "failed",
         ("ModelLoadError: ", "pickled/pytorch_model.bin: refusing to load pickle-based weights",
          "Convert it to safetensors, or opt in with allow_pickle=True (pytest: --unlearn-allow-pickle)")),
+    Row("model-folder-without-tokenizer-files", "test_model_folder_without_tokenizer_files", "failed",
+        ("ModelLoadError: ", "no-tokenizer: no tokenizer files in the model folder (tokenizer.json or "
+         "tokenizer_config.json); save the tokenizer next to the weights (tokenizer.save_pretrained(folder)")),
+    Row("model-code-without-opt-in", "test_model_code_without_opt_in", "failed",
+        ("ModelLoadError: ", "remote-code: this model needs its own Python code", "model_type 'toyformer'",
+         "it runs only with trust_remote_code=True, if you trust it (pytest: --unlearn-trust-remote-code, or "
+         "unlearn_trust_remote_code = true in the ini file)")),
+    Row("json-file-holding-one-object", "test_json_file_holding_one_object", "passed",
+        ("DataWarning: data/one-object.json: the file holds one JSON object, read as a set of one record; "
+         "write a JSON array of records",)),
     # -- arguments
     Row("threshold-outside-the-metric-range", "test_threshold_outside_the_metric_range", "failed",
         ("ConfigError: threshold 5 is outside the range of es [0, 1] (higher = more knowledge); give a "
@@ -479,6 +513,118 @@ def test_bad_input_is_explained(matrix, row):
 
 def test_every_row_of_the_matrix_is_checked(matrix):
     assert sorted(matrix.outcomes) == sorted(row.test for row in ROWS)
+
+
+@pytest.mark.parametrize("test", ["test_tokenizers_differ", "test_tokenizers_differ_retained"])
+def test_a_tokenizer_mismatch_names_each_model_once(matrix, test):
+    message = re.split(r"(?m)^-+ Captured ", matrix.failures[test])[0]
+    assert message.count("the original model") == 1 and message.count("the other-tokenizer model") == 1, message
+
+
+# ---------------------------------------------------------------- session-wide inputs: one run each
+
+GATE = """
+from pytest_unlearn import assert_forgotten
+
+def test_unrelated():
+    pass
+
+def test_gate():
+    assert_forgotten("es", 0.3)
+"""
+
+SETTINGS_ONLY = """
+def test_unrelated():
+    pass
+
+def test_uses(unlearn):
+    print("settings:", unlearn.settings.batch_size, unlearn.settings.seed, unlearn.settings.allow_pickle)
+"""
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """A bad (or unusual) input that applies to the whole session: its own small pytest run."""
+
+    name: str
+    files: dict  # path -> text; "{original}" etc. are the toy world's paths
+    args: tuple[str, ...]
+    outcomes: dict  # for assert_outcomes
+    ret: int
+    shows: tuple[str, ...]  # lines (fnmatch patterns) of the output, in order
+    suite: str = SETTINGS_ONLY
+    pytest_at_least: tuple[int, int] = (7, 4)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+WORLD_INI = ("[pytest]\nunlearn_original = {original}\nunlearn_model = {reference}\n"
+             "unlearn_forget = {forget}\nunlearn_retain = {retain}\n")
+
+SESSION_ROWS = [
+    SessionRow("bool-key-that-is-not-a-bool", {"pytest.ini": "[pytest]\nunlearn_allow_pickle = maybe\n"}, (),
+               {"passed": 1, "errors": 1}, 1,
+               ("*ConfigError: unlearn_allow_pickle must be true or false, got 'maybe'*",)),
+    SessionRow("native-toml-integers-and-booleans",
+               {"pyproject.toml": "[tool.pytest]\nunlearn_batch_size = 4\nunlearn_seed = 7\n"
+                                  "unlearn_allow_pickle = true\n"}, ("-s",),
+               {"passed": 2}, 0, ("*settings: 4 7 True*",), pytest_at_least=(9, 2)),
+    SessionRow("native-toml-integer-that-is-a-list", {"pyproject.toml": "[tool.pytest]\nunlearn_batch_size = [4]\n"},
+               (), {"passed": 1, "errors": 1}, 1, ("*ConfigError: unlearn_batch_size must be an integer: *",),
+               pytest_at_least=(9, 0)),
+    SessionRow("negative-seed", {"pytest.ini": "[pytest]\nunlearn_seed = -1\n"}, (), {"passed": 1, "errors": 1}, 1,
+               ("*ConfigError: unlearn_seed / --unlearn-seed must be between 0 and 4294967295, got -1*",)),
+    SessionRow("inline-comment-in-an-ini-path",
+               {"pytest.ini": "[pytest]\nunlearn_forget = data/forget.jsonl   # the forget set\n",
+                "data/forget.jsonl": "{forget_text}"}, (), {"passed": 1, "errors": 1}, 1,
+               ("*ConfigError: unlearn_forget = 'data/forget.jsonl   # the forget set' does not exist: pytest ini "
+                "files keep an inline comment as part of the value (without it: 'data/forget.jsonl', which "
+                "exists); put the comment on a line of its own*",)),
+    SessionRow("report-path-that-is-a-folder", {"pytest.ini": "[pytest]\n", "reports/keep.txt": ""},
+               ("--unlearn-report", "reports"), {"passed": 2}, pytest.ExitCode.USAGE_ERROR,
+               ("ERROR: cannot write the unlearning report: */reports is a folder; end it with '/' "
+                "(--unlearn-report */reports/) to write unlearn-report.json inside it, or name a file",
+                "*= 2 passed in *")),
+    SessionRow("report-path-that-cannot-be-written", {"pytest.ini": "[pytest]\n", "blocker": "a file"},
+               ("--unlearn-report", "blocker/report.json"), {"passed": 2}, pytest.ExitCode.USAGE_ERROR,
+               ("ERROR: cannot write the unlearning report to */blocker/report.json: */blocker is a file, not a "
+                "folder; fix unlearn_report / --unlearn-report", "*= 2 passed in *")),
+    SessionRow("report-folder-with-a-trailing-slash", {"pytest.ini": "[pytest]\n"},
+               ("--unlearn-report", "new/reports/"), {"passed": 2}, 0,
+               ("unlearning report: */new/reports/unlearn-report.json", "*= 2 passed in *")),
+    SessionRow("result-cache-that-cannot-be-written", {"pytest.ini": WORLD_INI, "blocker": "a file"},
+               ("-o", "cache_dir=blocker/cache", "-W", "ignore::pytest.PytestCacheWarning"), {"passed": 2}, 0,
+               ("*CacheWarning: cannot create the result cache folder: */blocker is a file, not a folder; running "
+                "without the cache*", "*2 passed, 1 warning in *"), GATE),
+]
+
+
+@pytest.mark.parametrize("row", SESSION_ROWS, ids=str)
+def test_session_wide_bad_input_is_explained(pytester, toy_world, row):
+    if tuple(pytest.version_tuple[:2]) < row.pytest_at_least:  # pytest's native TOML table, its types
+        pytest.skip(f"needs pytest {'.'.join(map(str, row.pytest_at_least))}")
+    values = dict(toy_world, forget_text=pathlib.Path(toy_world["forget"]).read_text())
+    for name, text in row.files.items():
+        path = pytester.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text.format(**values))
+    pytester.makepyfile(test_session=row.suite)
+    result = pytester.runpytest("-rA", "--unlearn-no-cache" if "cache_dir" not in " ".join(row.args) else "-q",
+                                *row.args)
+    result.assert_outcomes(**row.outcomes)
+    assert result.ret == row.ret, result.stdout.str()
+    result.stdout.fnmatch_lines(list(row.shows))
+    out = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in out and "INTERNALERROR" not in out, out
+    if "Warning" not in row.shows[0]:  # (a warning's summary names the line that issued it)
+        assert "pytest_unlearn/" not in out, out
+    if row.name.startswith("report-path"):  # nothing written in the wrong place
+        assert not (pytester.path / "reports" / "unlearn-report.json").exists()
+        assert not (pytester.path / "reports").is_file()
+    if row.name == "report-folder-with-a-trailing-slash":
+        report = json.loads((pytester.path / "new" / "reports" / "unlearn-report.json").read_text())
+        assert report["schema"] == reporting.SCHEMA
 
 
 # ---------------------------------------------------------------- fuzzing the assertion arguments

@@ -110,3 +110,37 @@ def test_killed_writer_leaves_no_partial_entry(tmp_path):
     c = ResultCache(tmp_path)
     assert c.get(cache_key("k")) is None
     assert not list(tmp_path.rglob("*.npz")) or all(p.name.startswith(".tmp-") for p in tmp_path.rglob("*.npz"))
+
+
+# ---------------------------------------------------------------- a cache that cannot be written
+
+def test_a_cache_that_cannot_be_written_warns_once_and_runs_uncached(tmp_path):
+    """A file where the cache folder should be (as root, chmod cannot make a folder read-only,
+    but a file in the way fails every write the same way)."""
+    from pytest_unlearn.errors import CacheWarning
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    c = ResultCache(blocker / "results")
+    assert c.get(cache_key("x")) is None  # reading is a miss, not an error
+    with pytest.warns(CacheWarning, match=r"cannot write the result cache in .*blocker/results: .*blocker is a file, "
+                                          r"not a folder; running without the cache") as caught:
+        c.put(cache_key("x"), _arrays())
+        c.put(cache_key("y"), _arrays())  # no second warning
+    assert len(caught) == 1
+    assert not c.enabled and c.get(cache_key("x")) is None
+
+
+def test_cache_clear_also_clears_the_file_digest_memo(pytester, monkeypatch, tmp_path):
+    """`pytest --cache-clear` forgets the memoised checkpoint digests too."""
+    monkeypatch.setenv("PYTEST_UNLEARN_CACHE_DIR", str(tmp_path / "user-cache"))
+    from pytest_unlearn import models
+
+    memo = models._memo_path()
+    memo.parent.mkdir(parents=True)
+    memo.write_text('{"/some/model.safetensors": {"key": [1, 2, 3, 4], "sha256": "stale"}}')
+    pytester.makepyfile("def test_a():\n    pass\n")
+    pytester.runpytest().assert_outcomes(passed=1)
+    assert memo.exists()  # a plain run keeps it
+    pytester.runpytest("--cache-clear").assert_outcomes(passed=1)
+    assert not memo.exists()

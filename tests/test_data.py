@@ -155,9 +155,10 @@ def test_blank_jsonl_lines_are_skipped_and_lines_counted(tmp_path):
     assert "d.jsonl:5:" in load_error(path)
 
 
-def test_json_single_object_is_one_record(tmp_path):
+def test_json_single_object_is_one_record_with_a_warning(tmp_path):
     path = write(tmp_path / "d.json", json.dumps(QA[0]))
-    assert load_dataset(path).records() == [QA[0]]
+    with pytest.warns(DataWarning, match=r"d\.json: the file holds one JSON object, read as a set of one record"):
+        assert load_dataset(path).records() == [QA[0]]
 
 
 def test_dataset_from_records_list_and_frame():

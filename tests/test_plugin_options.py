@@ -97,6 +97,30 @@ def test_ini_paths_resolve_relative_to_the_ini_file_and_flags_win(pytester, toy_
     result.assert_outcomes(passed=1)
 
 
+def test_relative_model_and_data_paths_in_tests_start_from_the_rootdir(pytester, toy_world, monkeypatch):
+    """`model=` / `data=` inside a test resolve like ini paths, from the rootdir, wherever
+    pytest was started (here: from a sub-folder)."""
+    ini(pytester, toy_world)
+    (pytester.path / "models").mkdir()
+    (pytester.path / "models" / "ref").symlink_to(toy_world["reference"], target_is_directory=True)
+    (pytester.path / "data").mkdir()
+    shutil.copy(toy_world["forget"], pytester.path / "data" / "forget.jsonl")
+    tests = pytester.mkdir("tests")
+    (tests / "test_relative.py").write_text(
+        "from pytest_unlearn import assert_forgotten\n\n"
+        "def test_relative(unlearn):\n"
+        "    assert len(unlearn.data('data/forget.jsonl')) == 8\n"
+        "    assert_forgotten('es', 0.3, model='models/ref', data='data/forget.jsonl')\n\n"
+        "def test_missing():\n"
+        "    assert_forgotten('es', 0.3, data='data/forgte.jsonl')\n")
+    monkeypatch.chdir(tests)
+    result = pytester.runpytest("test_relative.py", "--unlearn-no-cache")
+    result.assert_outcomes(passed=1, failed=1)
+    # the path is shown from where pytest runs, with the folder it is relative to
+    result.stdout.fnmatch_lines([f"*DataError: ../data/forgte.jsonl: file not found (relative paths start from "
+                                 f"{tests}); did you mean 'forget.jsonl'?*"])
+
+
 def test_fixtures_load_models_and_data(pytester, toy_world):
     ini(pytester, toy_world, reference=toy_world["reference"], holdout=toy_world["holdout"])
     pytester.makepyfile("""

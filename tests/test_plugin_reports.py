@@ -84,12 +84,12 @@ def check_terminal(stdout):
         "*generated:*",
         # the summary
         "*= unlearning summary =*",
-        "test*check*attack*score*original*threshold*verdict",
+        "test*check*model*attack*score*original*threshold*verdict",
         "*test_suite.py::test_calibrated*forgotten es*none*<= 0.3000*PASS",
         "*test_suite.py::test_forgotten*forgotten es*none*0.1629*1.0000*<= 0.3000*PASS",
         "*test_suite.py::test_original_leaks*forgotten es*none*1.0000*1.0000*<= 0.3000*FAIL",
         "*test_suite.py::test_retained*retained es*none*>= 0.9000*PASS",
-        "calibration (es, tau=0.9000): alpha=*retain*forget*evaluation*",
+        "calibration of unlearned (es, tau=0.9000): alpha=*retain*forget*evaluation*",
         "unlearning report: *out/report.json",
     ])
     assert "pytest_unlearn/" not in stdout.str()  # the library's frames are hidden
@@ -134,3 +134,41 @@ def check_junit(junit):
     assert json.loads(props["unlearn.forgotten.es.attack.none"])["original"] == 1.0
     failed = {p.get("name"): p.get("value") for p in cases["test_original_leaks"].iter("property")}
     assert failed["unlearn.forgotten.es.verdict"] == "fail"
+
+
+TWO_MODELS = """
+import pytest
+from pytest_unlearn import assert_forgotten
+
+def test_two_models(unlearn):
+    assert_forgotten("es", threshold=0.3)
+    with pytest.raises(AssertionError):
+        assert_forgotten("es", threshold=0.3, model=unlearn.settings.original)
+    assert_forgotten("ppl", threshold=1.5, model=unlearn.settings.reference)
+"""
+
+
+def test_two_assertions_in_one_test_on_two_models_are_told_apart(pytester, toy_world):
+    """The summary names each assertion's model; JUnit property names are unique per assertion
+    (no `unlearn.forgotten.es.verdict` holding `pass`, then `fail`)."""
+    pytester.makeini("[pytest]\n"
+                     f"unlearn_original = {toy_world['original']}\n"
+                     f"unlearn_model = {toy_world['reference']}\n"
+                     f"unlearn_forget = {toy_world['forget']}\n"
+                     f"unlearn_retain = {toy_world['retain']}\n")
+    pytester.makepyfile(test_two=TWO_MODELS)
+    result = pytester.runpytest("--junitxml", "junit.xml", "--unlearn-no-cache")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "test*check*model*attack*score*original*threshold*verdict",
+        "test_two.py::test_two_models  forgotten es   unlearned  none*0.1629*<= 0.3000  PASS",
+        "test_two.py::test_two_models  forgotten es   original   none*1.0000*<= 0.3000  FAIL",
+        "test_two.py::test_two_models  forgotten ppl  unlearned  none*>= 1.5000  PASS",
+    ])
+    (case,) = ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")
+    names = [p.get("name") for p in case.iter("property")]
+    assert len(names) == len(set(names)), names
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert (props["unlearn.forgotten.es.verdict"], props["unlearn.forgotten.es.model"]) == ("pass", "unlearned")
+    assert (props["unlearn.forgotten.es#2.verdict"], props["unlearn.forgotten.es#2.model"]) == ("fail", "original")
+    assert props["unlearn.forgotten.ppl.verdict"] == "pass" and props["unlearn.forgotten.ppl.model"] == "unlearned"
