@@ -132,8 +132,24 @@ def _nonfinite_step_hook(flag: list) -> Callable:
     return hook
 
 
+#: The settings that decide how a sample becomes the model's input (the prompt format, the
+#: system prompt, the chat template's arguments).  Every :class:`Scorer` built from settings
+#: (:meth:`Scorer.from_settings`) takes all of them, and so does every prompt format derived from
+#: such a scorer (:meth:`Scorer.prompt_format`): a new prompt setting is added here once.
+PROMPT_SETTINGS = ("prompt", "system_prompt", "chat_template_args")
+
+
+def prompt_settings(settings) -> dict:
+    """``{"prompt": ..., "system_prompt": ..., "chat_template_args": ...}`` of ``settings`` (a
+    :class:`~pytest_unlearn.config.Settings`, or anything with those attributes, such as parsed
+    command-line arguments): the :class:`Scorer` keywords of :data:`PROMPT_SETTINGS`."""
+    return {name: getattr(settings, name) for name in PROMPT_SETTINGS}
+
+
 class Scorer:
-    """Computes metrics; shared by the assertions, calibration, attacks and notebooks."""
+    """Computes metrics; shared by the assertions, calibration, attacks and notebooks.
+
+    Build one from settings with :meth:`from_settings`, so that every prompt setting is taken."""
 
     def __init__(self, *, prompt: str | PromptFormat | None = None, batch_size: int | None = None,
                  cache: ResultCache | None = None, progress: bool = False,
@@ -147,6 +163,16 @@ class Scorer:
         self.cost = Cost()
         self.last_truncated: list[int] = []  # positions the last encode cut to fit the context
         self.truncated: list[str] = []  # ids of the samples the last per_sample cut (any prompt of theirs)
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "Scorer":
+        """A scorer with every prompt setting of ``settings`` (:data:`PROMPT_SETTINGS`) and its
+        ``batch_size`` and ``progress``; ``overrides`` replace any of them (``batch_size=k``) or add
+        the rest (``cache=``)."""
+        kwargs = {**prompt_settings(settings), "batch_size": getattr(settings, "batch_size", None),
+                  "progress": bool(getattr(settings, "progress", False))}
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
     @property
     def cache(self) -> ResultCache:
