@@ -6,6 +6,11 @@ extractable: the worst case for generation-based ES, which must then try every
 prefix length.
 
     python benchmarks/bench_forward.py [--samples 32] [--es-samples 12] [--batch-size 8]
+    python benchmarks/bench_forward.py --model PATH --no-es   # quick: another model folder, (a) only
+
+``--model`` takes any model folder instead of SmolLM2 (e.g. one written by
+``pytest_unlearn.toy``); on a very small model the per-sample metric arithmetic weighs
+more against the forward pass than on SmolLM2, so its ratio is an upper bound.
 
 Prints:
 (a) time of all forward-pass metrics together (es, em, prob, ppl, mia_loss, mia_zlib,
@@ -64,10 +69,12 @@ def main():
     ap.add_argument("--es-samples", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--model", default=None, help="a model folder instead of SmolLM2-135M-Instruct")
+    ap.add_argument("--no-es", action="store_true", help="skip (b), teacher-forced vs generation ES")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
 
-    handle = load_model(smollm2_gguf_path(), device="cpu", dtype="float32")
+    handle = load_model(args.model or smollm2_gguf_path(), device="cpu", dtype="float32")
     model, tok = handle.model, handle.tokenizer
     pad = tok.pad_token_id
     facts = toy_facts(args.samples, seed=1)
@@ -75,7 +82,8 @@ def main():
     enc = encode(tok, fmt, [PromptParts(f["question"], f["answer"]) for f in facts], max_length=handle.context_length)
     n_tokens = sum(len(e.input_ids) for e in enc)
     batches = length_sorted_batches([len(e.input_ids) for e in enc], args.batch_size)
-    print(f"SmolLM2-135M-Instruct, CPU float32, {torch.get_num_threads()} threads; "
+    label = args.model or "SmolLM2-135M-Instruct"
+    print(f"{label} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters), CPU float32, {torch.get_num_threads()} threads; "
           f"{len(enc)} samples, {n_tokens} tokens, batch size {args.batch_size}")
 
     def bare(full: bool):
@@ -105,6 +113,8 @@ def main():
     print(f"    ratio vs bare (full logits):        {t_metrics / t_full:5.2f}x   (target <= 1.15x)")
     print(f"    ratio vs bare (answer logits only): {t_metrics / t_keep:5.2f}x")
 
+    if args.no_es:
+        return
     sub = enc[: args.es_samples]
     t0 = time.perf_counter()
     stats = teacher_forced_stats(model, sub, pad_token_id=pad, batch_size=args.batch_size)

@@ -35,6 +35,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--prompt", default=None, help="chat (default when the tokenizer has a template), plain, "
                                                   "or a format string such as 'Question: {question}\\nAnswer:'")
+    p.add_argument("--system-prompt", default=None,
+                   help="a system prompt for every scored prompt (a system turn in chat format, a paragraph "
+                        "before the prompt otherwise); as unlearn_system_prompt")
+    p.add_argument("--chat-template-args", default=None,
+                   help="extra arguments for the chat template, as a JSON object, e.g. "
+                        "'{\"enable_thinking\": false}' or '{\"date_string\": \"26 Jul 2024\"}'; "
+                        "as unlearn_chat_template_args")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (default), float32, bfloat16, float16")
     p.add_argument("--batch-size", type=int, default=None, help="scoring batch size")
@@ -87,8 +94,11 @@ def _scorer(args):
     from .cache import ResultCache
     from .scoring import Scorer
 
-    return Scorer(prompt=args.prompt, batch_size=args.batch_size,
-                  cache=ResultCache(Path(args.cache_dir)) if args.cache_dir else None)
+    from .prompts import parse_template_args
+
+    parse_template_args(args.chat_template_args, "--chat-template-args")  # a bad value fails before loading
+    return Scorer.from_settings(args, progress=False,
+                                cache=ResultCache(Path(args.cache_dir)) if args.cache_dir else None)
 
 
 def _checkpoints(args) -> list[str]:

@@ -277,8 +277,9 @@ def compare_methods(original, grid: Mapping[str, Any], forget, retain, *, tau: f
     ``original``: a ModelHandle or a model path.  ``forget`` / ``retain``: Datasets or data
     file paths.  ``out_dir``: where ``runs.jsonl`` (the resume store), the checkpoints
     (``save_checkpoints``) and ``comparison.csv`` / ``best.csv`` / ``comparison.md`` go;
-    without it nothing is stored and every run is done.  ``scorer``: its prompt format and
-    batch size are used for unlearning and scoring alike.  See the module docstring.
+    without it nothing is stored and every run is done.  ``scorer``: its prompt format (with
+    its system prompt and chat-template arguments) is used for unlearning and scoring alike, its
+    batch size for scoring.  See the module docstring.
     """
     import pandas as pd
 
@@ -299,7 +300,8 @@ def compare_methods(original, grid: Mapping[str, Any], forget, retain, *, tau: f
     if scorer is None:
         from .scoring import Scorer
         scorer = Scorer()
-    prompt = scorer.prompt_format(original).spec
+    fmt = scorer.prompt_format(original)  # every prompt setting of the scorer, for unlearning too
+    prompt = fmt.spec
     store = Path(out_dir) / RUNS_FILE if out_dir is not None else None
     done = read_runs(store) if store is not None else {}
     records, notes = [], []
@@ -320,7 +322,7 @@ def compare_methods(original, grid: Mapping[str, Any], forget, retain, *, tau: f
             if bar is not None:
                 bar.set_postfix_str(run_label(method, params)[:60])
             record = _one_run(original, forget, retain, method, params, key, seed=seed, tau=float(tau), metric=m,
-                              tol=tol, scorer=scorer, prompt=scorer.prompt, progress=progress, workspace=workspace,
+                              tol=tol, scorer=scorer, prompt=fmt, progress=progress, workspace=workspace,
                               checkpoint_dir=(Path(out_dir) / "checkpoints" / f"{method}-{key[:16]}"
                                               if save_checkpoints else None))
             record.update(original_fingerprint=original.fingerprint, forget_hash=forget.content_hash,

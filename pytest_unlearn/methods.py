@@ -9,8 +9,10 @@ method is a function
 that trains a deep copy of ``model.model`` (the input handle is never modified) and
 returns a new handle named like ``"ga(steps=30,lr=1e-05)"`` whose fingerprint hashes
 the new weights.  Samples are encoded exactly as for scoring
-(:func:`~pytest_unlearn.prompts.encode` with the same ``prompt`` format spec, ``None`` =
-the chat template when the tokenizer has one), so a model is trained on the very tokens
+(:func:`~pytest_unlearn.prompts.encode` with the same ``prompt``: a format spec, ``None`` =
+the chat template when the tokenizer has one, or the scorer's
+:class:`~pytest_unlearn.prompts.PromptFormat`, ``scorer.prompt_format(model)``, which also
+carries the system prompt and chat-template arguments), so a model is trained on the very tokens
 it is later scored on, and every token-level loss covers the answer tokens only.
 
 Common training set-up: AdamW (weight decay 0.01), constant learning rate after a linear

@@ -4,8 +4,9 @@
 -> one batched teacher-forced pass (:mod:`~pytest_unlearn.forward`) whose token
 statistics serve every forward-pass metric at once, or batched greedy generation
 for ``rouge_l``.  Token statistics and generations are cached by the content hash
-of everything that produced them (model fingerprint, the exact token ids, batch
-size, device and dtype), so a second run, or a second metric on the same data,
+of everything that produced them (model fingerprint, the exact token ids, device and dtype;
+the batch size for token statistics, and the generation policy and context length for
+generations, which do not depend on the batch), so a second run, or a second metric on the same data,
 does no forward pass again.
 
 A metric that comes out NaN for any sample raises :class:`MetricError` naming the
@@ -56,6 +57,8 @@ class ScoreResult:
     attack: str | None = None
     cost: dict = field(default_factory=dict)
     truncated: list = field(default_factory=list)  # ids of samples whose prompt was cut to fit the context
+    # ids of samples whose new-token budget was cut to fit the context (generation metrics only)
+    generation_cut: list = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (f"ScoreResult({self.metric.name}={self.reduced:.4f} [{self.reduce}] on {self.data} "
@@ -132,8 +135,24 @@ def _nonfinite_step_hook(flag: list) -> Callable:
     return hook
 
 
+#: The settings that decide how a sample becomes the model's input (the prompt format, the
+#: system prompt, the chat template's arguments).  Every :class:`Scorer` built from settings
+#: (:meth:`Scorer.from_settings`) takes all of them, and so does every prompt format derived from
+#: such a scorer (:meth:`Scorer.prompt_format`): a new prompt setting is added here once.
+PROMPT_SETTINGS = ("prompt", "system_prompt", "chat_template_args")
+
+
+def prompt_settings(settings) -> dict:
+    """``{"prompt": ..., "system_prompt": ..., "chat_template_args": ...}`` of ``settings`` (a
+    :class:`~pytest_unlearn.config.Settings`, or anything with those attributes, such as parsed
+    command-line arguments): the :class:`Scorer` keywords of :data:`PROMPT_SETTINGS`."""
+    return {name: getattr(settings, name) for name in PROMPT_SETTINGS}
+
+
 class Scorer:
-    """Computes metrics; shared by the assertions, calibration, attacks and notebooks."""
+    """Computes metrics; shared by the assertions, calibration, attacks and notebooks.
+
+    Build one from settings with :meth:`from_settings`, so that every prompt setting is taken."""
 
     def __init__(self, *, prompt: str | PromptFormat | None = None, batch_size: int | None = None,
                  cache: ResultCache | None = None, progress: bool = False,
@@ -147,6 +166,17 @@ class Scorer:
         self.cost = Cost()
         self.last_truncated: list[int] = []  # positions the last encode cut to fit the context
         self.truncated: list[str] = []  # ids of the samples the last per_sample cut (any prompt of theirs)
+        self.generation_cut: list[str] = []  # ids of the samples whose generation budget the last per_sample cut
+
+    @classmethod
+    def from_settings(cls, settings, **overrides) -> "Scorer":
+        """A scorer with every prompt setting of ``settings`` (:data:`PROMPT_SETTINGS`) and its
+        ``batch_size`` and ``progress``; ``overrides`` replace any of them (``batch_size=k``) or add
+        the rest (``cache=``)."""
+        kwargs = {**prompt_settings(settings), "batch_size": getattr(settings, "batch_size", None),
+                  "progress": bool(getattr(settings, "progress", False))}
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
     @property
     def cache(self) -> ResultCache:
@@ -242,7 +272,9 @@ class Scorer:
 
         encoded = self.encode(handle, parts, names)
         context_length = handle.context_length
-        key = cache_key("generate", handle.fingerprint, _ids_digest(encoded), self.batch_size,
+        # no batch size in the key: each sample has its own budget and stops on its own, so its
+        # generation does not depend on the batch it lands in (tests/test_batch_invariance.py)
+        key = cache_key("generate", handle.fingerprint, _ids_digest(encoded),
                         str(handle.device.type), str(handle.dtype), GENERATION_POLICY, context_length)
         hit = self.cache.get(key)
         if hit is not None and {"text", "budget", "cut"} <= set(hit):
@@ -316,15 +348,16 @@ class Scorer:
         names = _sample_names(dataset)
         parts = list(parts) if parts is not None else dataset_parts(dataset)
         cut: set[int] = set()
-        self.truncated = []
+        self.truncated, self.generation_cut = [], []
         if m.source == "forward":
             stats = self.token_stats(handle, parts, names=names, logits_fn=logits_fn, variant=variant)
             cut.update(self.last_truncated)
             values = np.array([m.fn(stats.sample(i), parts[i].answer) for i in range(len(parts))])
         elif m.source == "generation":
-            generated = self.generate(handle, parts, names)
+            gens = self.generations(handle, parts, names)
             cut.update(self.last_truncated)
-            values = np.array([m.fn(g, p.answer) for g, p in zip(generated, parts)])
+            values = np.array([m.fn(g, p.answer) for g, p in zip(gens.texts, parts)])
+            self.generation_cut = [dataset.ids[i] for i, c in enumerate(gens.cut) if c]
         elif m.source == "truth_ratio":
             values = self._truth_ratio(m, handle, dataset, parts, names, logits_fn, variant, cut)
         elif m.source == "multiple_choice":
@@ -370,4 +403,5 @@ class Scorer:
         values = self.per_sample(m, handle, dataset, parts=parts)
         series = pd.Series(values, index=pd.Index(dataset.ids, name="sample"), name=m.name)
         return ScoreResult(m, series, reduce_scores(values, reduce, m), reduce, handle.name,
-                           dataset.name, attack, self.cost.as_dict(), truncated=list(self.truncated))
+                           dataset.name, attack, self.cost.as_dict(), truncated=list(self.truncated),
+                           generation_cut=list(self.generation_cut))

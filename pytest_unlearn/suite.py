@@ -223,10 +223,7 @@ class Suite:
             from .cache import ResultCache
             from .scoring import Scorer
 
-            self._scorer = Scorer(prompt=self.settings.prompt, batch_size=self.settings.batch_size,
-                                  cache=ResultCache(self.cache_dir), progress=self.settings.progress,
-                                  system_prompt=self.settings.system_prompt,
-                                  chat_template_args=self.settings.chat_template_args)
+            self._scorer = Scorer.from_settings(self.settings, cache=ResultCache(self.cache_dir))
         return self._scorer
 
     def attack_context(self):

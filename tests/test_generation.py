@@ -327,6 +327,41 @@ def test_scorer_records_and_warns_a_cut_budget(tmp_path):
     assert len(scores) == 2
 
 
+def test_score_result_names_the_samples_whose_budget_was_cut(tmp_path):
+    """ScoreResult.generation_cut lists them for the generation metrics, like ScoreResult.truncated."""
+    tok = word_tokenizer()
+    handle = handle_from_objects(tiny_gpt2(tok, n_positions=16), tok, name="gpt2")
+    data = dataset_from_records([
+        {"question": " ".join(["q1"] * 10), "answer": "w0 w1 w2 w3"},
+        {"question": "q2", "answer": "w4"},
+        {"question": " ".join(["q3"] * 9), "answer": "w5"},
+    ], name="forget")
+    cut = [data.ids[0], data.ids[2]]
+    scorer = Scorer(prompt="{question}", cache=ResultCache(tmp_path))
+    with pytest.warns(GenerationBudgetWarning, match="2 of 3 samples"):
+        result = scorer.score("rouge_l", handle, data)
+    assert result.generation_cut == cut and result.truncated == []
+    assert scorer.score("es", handle, data).generation_cut == []  # no generation, nothing cut
+    with pytest.warns(GenerationBudgetWarning):  # from the cache: the same record
+        assert scorer.score("rouge_l", handle, data).generation_cut == cut
+
+
+def test_a_cached_generation_is_reused_at_another_batch_size(tmp_path):
+    """Generation does not depend on the batch size, so neither does its cache key."""
+    tok = word_tokenizer()
+    handle = handle_from_objects(random_llama(tok, seed=3), tok, name="random")
+    parts = [PromptParts(" ".join(f"q{j}" for j in range(i + 1)), " ".join(["w1"] * (i % 3 + 1)))
+             for i in range(5)]
+    first = Scorer(prompt="{question}", batch_size=1, cache=ResultCache(tmp_path))
+    texts = first.generate(handle, parts)
+    assert first.cost.generations == 5 and first.cost.cached == 0
+    other = Scorer(prompt="{question}", batch_size=3, cache=ResultCache(tmp_path))
+    assert other.generate(handle, parts) == texts
+    assert other.cost.cached == 1 and other.cost.generations == 0
+    fresh = Scorer(prompt="{question}", batch_size=3, cache=ResultCache(tmp_path / "empty"))
+    assert fresh.generate(handle, parts) == texts  # and it is what batch size 3 generates
+
+
 def test_policy_is_part_of_the_cache_key(tmp_path, monkeypatch):
     tok = word_tokenizer()
     model = scripted_llama(tok, {"q0": "w0 <eos>"})

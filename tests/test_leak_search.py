@@ -179,6 +179,23 @@ def test_edits_on_text_rows_keep_the_raw_context():
     assert system.system is None and system.question.endswith("\n\nZorbin Quill was born in")
 
 
+@pytest.mark.parametrize("edit, question", [
+    (("punctuation", "strip_end"), "Zorbin Quill was born in "),
+    (("punctuation", "period"), "Zorbin Quill was born in. "),
+    (("punctuation", "double"), "Zorbin Quill was born in?? "),
+    (("punctuation", "no_punctuation"), "Zorbin Quill was born in "),
+    (("suffix", "Be precise."), "Zorbin Quill was born in\nBe precise. "),
+])
+def test_edits_at_the_end_of_a_text_row_keep_the_whitespace_before_the_completion(edit, question):
+    """Text rows are read as prompt + completion byte for byte: an edit at the end of the prompt
+    must not glue its last word to the completion ('born inVellmar.')."""
+    text = PromptParts("Zorbin Quill was born in ", "Vellmar.", templated=False)
+    edited = Edit(*edit).apply(text, EditEnv(None, PromptFormat("plain"), POOL, text.question))
+    assert edited.question == question and edited.answer == text.answer
+    broken = PromptParts("The end.\n\n", "Chapter two", templated=False)  # a paragraph break
+    assert Edit(*edit).apply(broken, EditEnv()).question.endswith("\n\n")
+
+
 def test_prefill_in_chat_format_adds_the_joining_space_once():
     from pytest_unlearn.toy import tiny_tokenizer
 

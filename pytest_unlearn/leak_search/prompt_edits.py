@@ -38,7 +38,7 @@ __all__ = ["CASINGS", "EDIT_KINDS", "NOISE_RATES", "PARAPHRASES", "PREFILLS", "P
            "transformations"]
 
 # bump when an option table or an edit's behaviour changes: saved examples are keyed by it
-SPACE_VERSION = 1
+SPACE_VERSION = 2  # 2: punctuation and suffix edits keep the whitespace that ends the prompt
 
 # ---------------------------------------------------------------- the option tables (plainest first)
 
@@ -193,8 +193,15 @@ _END = re.compile(r"[?.!]+\s*$")
 _PUNCT = re.compile("[" + re.escape(string.punctuation) + "]")
 
 
+def _split_end(text: str) -> tuple[str, str]:
+    """``text`` and the whitespace it ends with (what separates a text row's prompt from its
+    completion, which is joined to it byte for byte: an edit at the end keeps it)."""
+    body = text.rstrip()
+    return body, text[len(body):]
+
+
 def _punctuation(parts: PromptParts, how: str, env: EditEnv) -> PromptParts:
-    q = parts.question.rstrip()
+    q, end = _split_end(parts.question)
     if how == "strip_end":
         q = _END.sub("", q)
     elif how == "period":
@@ -204,7 +211,7 @@ def _punctuation(parts: PromptParts, how: str, env: EditEnv) -> PromptParts:
         q = q + (m.group(0)[-1] if m else "?") * 2
     else:  # no_punctuation
         q = " ".join(_PUNCT.sub("", q).split())
-    return parts.with_(question=q or parts.question)
+    return parts.with_(question=q + end if q else parts.question)
 
 
 def _prefix(parts: PromptParts, text: str, env: EditEnv) -> PromptParts:
@@ -213,7 +220,8 @@ def _prefix(parts: PromptParts, text: str, env: EditEnv) -> PromptParts:
 
 def _suffix(parts: PromptParts, text: str, env: EditEnv) -> PromptParts:
     sep = " " if parts.templated else "\n"  # raw context: an instruction on its own line
-    return parts.with_(question=f"{parts.question.rstrip()}{sep}{text}")
+    q, end = _split_end(parts.question)
+    return parts.with_(question=f"{q}{sep}{text}{end}")
 
 
 def _paraphrase(parts: PromptParts, rule: str, env: EditEnv) -> PromptParts:

@@ -251,9 +251,9 @@ def find_leak(metric, threshold, *, model=None, data=None, samples: int | Sequen
     from ..cache import ResultCache
     from ..scoring import Scorer
 
-    # a private scorer: the suite's prompt format, one forward batch per hypothesis example,
+    # a private scorer: the suite's prompt settings, one forward batch per hypothesis example,
     # no disk cache (every candidate batch is new; repeats are memoised per search instead)
-    scorer = Scorer(prompt=suite.settings.prompt, batch_size=k, cache=ResultCache(None))
+    scorer = Scorer.from_settings(suite.settings, batch_size=k, cache=ResultCache(None), progress=False)
     fmt = scorer.prompt_format(handle)
     env = EditEnv(handle.tokenizer, fmt, pool)
     positions = _select(dataset, samples, seed)
