@@ -308,7 +308,9 @@ def _generate(suite: Suite, handle, dataset, positions: list[int]) -> list[str]:
 # ---------------------------------------------------------------- assert_forgotten
 
 def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, model, data, calibrate,
-               reduce, confidence) -> ForgettingResult:
+               reduce, confidence, *, judge_vacuous: bool = True) -> ForgettingResult:
+    """Score, run the controls and decide; ``judge_vacuous=False`` for callers whose threshold is no
+    forgetting gate (the regression check scores with a threshold at the metric's bound)."""
     import numpy as np
     import pandas as pd
 
@@ -398,7 +400,7 @@ def _forgotten(suite: Suite, record: dict, metric, threshold, under_attack, mode
                 notes.append(f"{label}: {UNINFORMATIVE}: the original model scores "
                              f"{fmt(reduce_scores(orig[label], reduce, m))} under it vs "
                              f"{fmt(reduce_scores(orig['none'], reduce, m))} without; it is no evidence of forgetting")
-        if not m.more_knowledge(reduce_scores(orig["none"], reduce, m), threshold):
+        if judge_vacuous and not m.more_knowledge(reduce_scores(orig["none"], reduce, m), threshold):
             vacuous = (f"the original model scores {fmt(reduce_scores(orig['none'], reduce, m))} on {dataset.name} "
                        f"with no attack, already within the threshold {fmt(threshold)}: it may never have known "
                        f"this data (or this is not the forget set it was unlearned on), so passing shows little")

@@ -372,7 +372,8 @@ def _regression(store: BaselineStore, record: dict, test, baseline, metric, unde
     # the scores, exactly as assert_forgotten computes them; a threshold at the far end of the
     # knowledge direction can never fail, so no message and no generation are made there
     limit = m.upper_bound if m.higher_is_more_knowledge else m.lower_bound
-    forgetting = _forgotten(suite, {}, m, limit, under_attack, model, data, None, reduce, None)
+    forgetting = _forgotten(suite, {}, m, limit, under_attack, model, data, None, reduce, None,
+                            judge_vacuous=False)
     frec = forgetting.record
     dataset, handle = suite.data(data), suite.model(model)
     labels = ["none"] + list(frec["under_attack"])

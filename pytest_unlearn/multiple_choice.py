@@ -327,7 +327,11 @@ def letter_scores(scorer: "Scorer", handle: "ModelHandle", dataset: "Dataset", p
         prefix = e.answer_text[:len(e.answer_text) - 1]  # the joining space, if any
         key = (prefix, len(c))
         if key not in memo:
-            memo[key] = letter_token_ids(handle.tokenizer, prefix, len(c))
+            try:
+                memo[key] = letter_token_ids(handle.tokenizer, prefix, len(c))
+            except MetricError:
+                # letters that are no distinct single tokens: each letter's whole continuation
+                return _letter_continuations(sub, handle, mc_parts, choices, names, logits_fn, variant), answers
         shared, ids = memo[key]
         contexts.append(list(e.input_ids[:e.answer_start]) + shared)
         letter_ids.append(ids)
@@ -354,6 +358,25 @@ def letter_scores(scorer: "Scorer", handle: "ModelHandle", dataset: "Dataset", p
     scorer.cache.put(key, {"logprob": np.concatenate(values),
                            "lengths": np.array([len(v) for v in values], dtype=np.int64)})
     return values, answers
+
+
+def _letter_continuations(sub: "Scorer", handle: "ModelHandle", mc_parts, choices, names, logits_fn,
+                          variant) -> list[np.ndarray]:
+    """Per row, the summed log-likelihood of each letter's continuation (``" A"``, ``" B"``...) after
+    the letter prompt, as lm-evaluation-harness scores them, from one batched teacher-forced pass over
+    every (question, letter) pair: the path for tokenizers whose letters are not distinct single
+    tokens (one next-token distribution cannot hold them)."""
+    flat, owner, pair_names = [], [], []
+    for i, (p, c) in enumerate(zip(mc_parts, choices)):
+        for j in range(len(c)):
+            flat.append(p.with_(answer=LETTERS[j]))
+            owner.append(i)
+            pair_names.append(f"{names[i]} letter {LETTERS[j]}")
+    stats = sub.token_stats(handle, flat, names=pair_names, logits_fn=logits_fn, variant=variant)
+    sums: list[list[float]] = [[] for _ in mc_parts]
+    for j, i in enumerate(owner):
+        sums[i].append(float(np.sum(stats.logprob[j])))
+    return [np.array(v) for v in sums]
 
 
 def choice_loglikelihoods(scorer: "Scorer", handle: "ModelHandle", dataset: "Dataset",

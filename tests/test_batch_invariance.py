@@ -39,7 +39,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BATCH_SIZES = (1, 3, 8)
 DISCRETE = {"es", "em", "rouge_l"}
 FLOAT = {"prob", "ppl", "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_pp", "truth_ratio", "truth_ratio_tofu"}
+# multiple-choice metrics, scored on the same facts asked as multiple-choice questions
+MC_DISCRETE = {"mc_acc", "mc_acc_text"}  # argmax over the choices
+MC_FLOAT = {"mc_prob"}
 RTOL, ATOL = 1e-5, 1e-6
+
+
+def _multiple_choice(records: list[dict]) -> list[dict]:
+    """The facts as multiple-choice rows: the answer among its perturbed answers, at a varying position."""
+    out = []
+    for i, r in enumerate(records):
+        wrong = list(r["perturbed_answer"])[:3]
+        k = i % (len(wrong) + 1)
+        out.append({"question": r["question"], "choices": wrong[:k] + [r["answer"]] + wrong[k:], "answer": k})
+    return out
 
 
 def _varied(records: list[dict]) -> list[dict]:
@@ -61,23 +74,25 @@ def _varied(records: list[dict]) -> list[dict]:
 def world(toy_world):
     handle = load_model(toy_world["original"], device="cpu", dtype="float32", name="original")
     rows = [r for n in ("forget", "retain") for r in load_dataset(toy_world[n], name=n).records()]
-    return handle, dataset_from_records(_varied(rows), name="mixed")
+    return (handle, dataset_from_records(_varied(rows), name="mixed"),
+            dataset_from_records(_multiple_choice(_varied(rows)), name="mixed-mc"))
 
 
 def test_every_metric_is_classified():
-    assert set(METRICS.names()) == DISCRETE | FLOAT, "classify the new metric in this test"
+    assert set(METRICS.names()) == DISCRETE | FLOAT | MC_DISCRETE | MC_FLOAT, "classify the new metric in this test"
 
 
 @pytest.mark.parametrize("prompt", [None, "plain"])  # None: the chat template
 def test_per_sample_scores_identical_at_batch_sizes_1_3_8(world, prompt):
-    handle, data = world
+    handle, data, mc = world
     lengths = {len(e.input_ids) for e in Scorer(prompt=prompt).encode(handle, dataset_parts(data))}
     assert len(lengths) >= 8  # rows of many lengths: every batch size pads differently
     scores: dict[int, dict[str, np.ndarray]] = {}
     texts: dict[int, list[str]] = {}
     for bs in BATCH_SIZES:
         scorer = Scorer(prompt=prompt, batch_size=bs)  # no cache: every batch size computes
-        scores[bs] = {name: scorer.per_sample(name, handle, data) for name in METRICS.names()}
+        scores[bs] = {name: scorer.per_sample(name, handle, mc if name in MC_DISCRETE | MC_FLOAT else data)
+                      for name in METRICS.names()}
         texts[bs] = scorer.generate(handle, dataset_parts(data))
     one = scores[1]
     # the scores are not trivially constant: the equality below says something
@@ -86,7 +101,7 @@ def test_per_sample_scores_identical_at_batch_sizes_1_3_8(world, prompt):
         assert texts[bs] == texts[1], f"generated texts differ at batch size {bs}"
         for name in METRICS.names():
             got, want = scores[bs][name], one[name]
-            if name in DISCRETE:
+            if name in DISCRETE | MC_DISCRETE:
                 assert np.array_equal(got, want), (name, bs, np.flatnonzero(got != want))
             else:
                 np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"{name} at batch size {bs}")

@@ -397,3 +397,22 @@ def test_logit_lens_on_choice_texts_uses_the_lens_logits(setup):
                        AttackContext(scorer=Scorer(prompt="plain")))
     np.testing.assert_array_equal(final.values, Scorer(prompt="plain").per_sample("mc_acc_text", handle, data))
     assert set(np.unique(lens.values)) <= {0.0, 1.0} and lens.values.shape == (len(ROWS),)
+
+
+def test_letters_that_are_not_single_tokens_are_scored_as_whole_continuations():
+    """A tokenizer that splits " A" into two tokens (and gives no letter a distinct first token)
+    cannot read the letters from one next-token distribution: each letter's continuation is then
+    scored whole, as lm-evaluation-harness does, and matches the unbatched reference."""
+    texts = [MC.text_prompt(r["question"], r.get("subject")) + " " + c for r in ROWS for c in r["choices"]]
+    tok = tiny_tokenizer(texts * 3 + [" B D"] * 50, vocab_size=420)  # " B", " D" merged; " A", " C" split
+    pieces = [tok(" " + letter, add_special_tokens=False)["input_ids"] for letter in "ABCD"]
+    assert len(pieces[0]) > 1 and len(pieces[1]) == 1  # the case under test
+    with pytest.raises(MetricError, match="distinct tokens"):
+        MC.letter_token_ids(tok, " ", 4)
+    model = tiny_llama(tok, seed=5)
+    handle = handle_from_objects(model, tok)
+    data = dataset_from_records(ROWS, name="mc")
+    got = {m: Scorer(prompt="plain", batch_size=3).per_sample(m, handle, data) for m in ("mc_acc", "mc_prob")}
+    ref = np.array([_reference(model, tok, r) for r in ROWS])
+    np.testing.assert_array_equal(got["mc_acc"], ref[:, 0])
+    np.testing.assert_allclose(got["mc_prob"], ref[:, 1], rtol=1e-4, atol=1e-6)
