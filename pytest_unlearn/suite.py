@@ -178,7 +178,8 @@ class Suite:
         if role not in self._data:
             from .data import load_dataset
 
-            self._data[role] = load_dataset(self.settings.require(role), name=role)
+            self._data[role] = load_dataset(self.settings.require(role), name=role,
+                                            columns=getattr(self.settings, "columns", None))
         return self._data[role]
 
     def data(self, spec=None, *, default: str = "forget") -> "Dataset":
@@ -192,8 +193,11 @@ class Suite:
         if isinstance(spec, (str, os.PathLike)):
             key = "path:" + os.path.abspath(os.fspath(spec))
             if key not in self._data:
-                self._data[key] = load_dataset(spec, name=Path(os.fspath(spec)).stem)
+                self._data[key] = load_dataset(spec, name=Path(os.fspath(spec)).stem,
+                                               columns=getattr(self.settings, "columns", None))
             return self._data[key]
+        if type(spec).__module__.split(".")[0] == "datasets":  # a datasets.Dataset
+            return load_dataset(spec, name="data", columns=getattr(self.settings, "columns", None))
         if isinstance(spec, list) or type(spec).__name__ == "DataFrame":
             return dataset_from_records(spec, name="data", source="<records>")
         raise ConfigError(f"data= must be a path, a Dataset or a list of records, got {type(spec).__name__}")
