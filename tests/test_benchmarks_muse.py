@@ -155,3 +155,18 @@ def test_knowmem_on_a_text_file_names_column_and_file(suite, muse_files):
     with pytest.raises(DataError) as err:
         muse_knowmem(data=str(paths["verbmem"]), suite=suite)
     assert "'question'" in str(err.value) and "verbmem.json" in str(err.value) and "knowmem" in str(err.value)
+
+
+def test_icl_attack_takes_shots_from_a_muse_icl_file(suite, muse_files):
+    from pytest_unlearn.attacks.base import parse_attack
+    from pytest_unlearn.metrics import get_metric
+
+    paths, files = muse_files
+    attack = parse_attack(f"icl:shots=2,source={paths['forget_qa_icl']}")
+    forget = suite.data(str(paths["forget_qa"]))
+    outcome = suite.run_attack(attack, get_metric("es"), suite.unlearned, forget)
+    # the file holds exactly two examples: every sample gets both, and nothing else
+    for parts in outcome.parts:
+        assert sorted(q for q, _ in parts.shots) == sorted(r["question"] for r in files["forget_qa_icl"])
+    with pytest.raises(Exception, match="retain, forget or a"):
+        parse_attack("icl:source=somewhere")
