@@ -47,6 +47,14 @@ _EXPORTS = {
     "find_leak": "leak_search",
     "assert_no_leak_found": "leak_search",
     "LeakSearchResult": "leak_search",
+    "assert_forget_quality": "tofu",
+    "tofu_forget_quality": "tofu",
+    "tofu_model_utility": "tofu",
+    "ForgetQualityResult": "tofu",
+    "ModelUtility": "tofu",
+    "muse_verbmem": "muse",
+    "muse_knowmem": "muse",
+    "muse_privleak": "muse",
 }
 
 

@@ -61,6 +61,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("progress", "bool", "show progress bars for forward passes, attacks and calibration"),
     Option("update_baselines", "bool", "write or refresh the regression baselines (unlearn-baselines/*.json) "
            "instead of comparing with them"),
+    Option("columns", "str", "map data columns to the fields read, e.g. 'question=query, completion=gt' "
+           "(applies to the forget, retain and holdout files)", "MAP"),
     Option("strict_vacuous", "bool", "fail an assert_forgotten that passes only because the original model "
            "already scores within the threshold (it never knew the data): for release pipelines"),
 )
@@ -121,6 +123,7 @@ class Settings:
     progress: bool = False
     update_baselines: bool = False
     strict_vacuous: bool = False
+    columns: str | None = None  # "question=query, completion=gt"
 
     def __post_init__(self) -> None:
         for opt in OPTIONS:

@@ -16,6 +16,14 @@ that happen to be named ``.json``), CSV (``.csv``) and Parquet (``.parquet``,
   is joined exactly as given, no space inserted: ``"bro"`` + ``"wn fox"`` is read as
   ``"brown fox"``).
 
+Published benchmark files load as they are (see ``docs/benchmarks.md``): a JSON array of
+strings (MUSE ``privleak`` / ``raw``) is text rows; MUSE ``verbmem`` rows (``prompt``,
+``gt``) take ``gt`` as the completion; RWKU probes (``query``, ``answer``) take ``query`` as
+the question.  Any other column names map with ``columns={"question": "query", ...}``
+(:func:`parse_columns` reads the ``unlearn_columns`` ini form ``question=query, completion=gt``).
+A folder written by ``datasets``' ``save_to_disk`` and a ``datasets.Dataset`` object load
+too (``pip install 'pytest-unlearn[datasets]'``; ``datasets`` is imported only then).
+
 A file with ``question`` and ``answer`` columns is QA (even if it also has
 ``text``); one with ``text``, or with ``prompt`` and ``completion``, is text.
 Other columns are kept as they are.  Every problem with a file's content raises
@@ -47,14 +55,21 @@ import pandas as pd
 from . import multiple_choice
 from .errors import DataError
 
-__all__ = ["DataWarning", "Dataset", "dataset_from_records", "load_dataset", "split_text"]
+__all__ = ["DataWarning", "Dataset", "dataset_from_records", "load_dataset", "parse_columns", "split_text"]
 
 QA_OPTIONAL = ("paraphrased_question", "paraphrased_answer", "perturbed_answer")
 QA_FIELDS = ("question", "answer") + QA_OPTIONAL
 TEXT_FIELDS = ("text", "prompt", "completion")
 KNOWN_FIELDS = QA_FIELDS + TEXT_FIELDS
+MAPPABLE_FIELDS = KNOWN_FIELDS + ("choices",)
 SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_PROMPT_WORDS = 32
+#: columns of published benchmark files read as ours when ours is absent: (our field, theirs,
+#: the field that must be present beside it).  MUSE verbmem: prompt/gt; RWKU probes: query/answer.
+PUBLISHED_ALIASES = (("completion", "gt", "prompt"), ("question", "query", "answer"))
+#: files ``datasets``' ``save_to_disk`` writes into a folder (one split, or a DatasetDict)
+DATASETS_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")
+DATASETS_EXTRA = "pip install 'pytest-unlearn[datasets]'"
 MAX_NESTING = 100  # containers inside a record
 
 Where = Optional[Tuple[str, int]]  # ("line", 7) or ("record", 3): where a record came from
@@ -147,13 +162,24 @@ def split_text(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def load_dataset(path: str | os.PathLike, *, name: str | None = None) -> Dataset:
+def load_dataset(path, *, name: str | None = None, columns: "Mapping[str, str] | str | None" = None) -> Dataset:
     """Read, validate and normalise a data file (see the module docstring).
 
-    ``name`` is the set's role ("forget", "retain", ...), used in messages.
+    ``path`` is a data file, a folder written by ``datasets``' ``save_to_disk`` or a
+    ``datasets.Dataset`` object.  ``name`` is the set's role ("forget", "retain", ...), used
+    in messages.  ``columns`` maps our field names to the file's (``{"question": "query",
+    "completion": "gt"}``, or the string ``"question=query, completion=gt"``); a mapped column
+    the file does not have is a :class:`DataError` naming the file and the column.
     """
+    columns = parse_columns(columns)
+    if _is_hf_dataset(path):
+        shown = "<datasets.Dataset>"
+        return _build(_rows_of_hf(path), shown, name, name=name or "data", source=shown, columns=columns)
     shown = os.fspath(path)
     file = Path(path)
+    if file.is_dir() and any((file / m).is_file() for m in DATASETS_MARKERS):
+        return _build(_read_saved_dataset(file, shown), shown, name, name=name or "data", source=shown,
+                      columns=columns)
     _check_file(file, shown)
     fmt = SUFFIXES.get(file.suffix.lower())
     if fmt is None:
@@ -164,17 +190,50 @@ def load_dataset(path: str | os.PathLike, *, name: str | None = None) -> Dataset
     else:
         text = _read_text(file, shown)
         rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv}[fmt](text, shown)
-    return _build(rows, shown, name, name=name or "data", source=shown)
+    return _build(rows, shown, name, name=name or "data", source=shown, columns=columns)
 
 
 def dataset_from_records(records: list[dict] | pd.DataFrame, *, name: str = "data",
-                         source: str = "<memory>") -> Dataset:
+                         source: str = "<memory>", columns: "Mapping[str, str] | str | None" = None) -> Dataset:
     """Validate and normalise in-memory records (a list of dicts or a DataFrame);
-    errors name ``source`` and the 0-based record."""
+    errors name ``source`` and the 0-based record.  ``columns`` as in :func:`load_dataset`."""
     if isinstance(records, pd.DataFrame):
         records = records.to_dict("records")
     rows = [(("record", i), rec) for i, rec in enumerate(records)]
-    return _build(rows, source, name, name=name, source=source)
+    return _build(rows, source, name, name=name, source=source, columns=parse_columns(columns))
+
+
+def parse_columns(columns: "Mapping[str, str] | str | None") -> dict[str, str]:
+    """A column mapping ``{our field: the file's column}`` from a mapping or the ini form
+    ``"question=query, completion=gt"`` (commas or newlines between pairs)."""
+    from .errors import ConfigError
+
+    if columns is None:
+        return {}
+    if isinstance(columns, Mapping):
+        pairs = list(columns.items())
+    elif isinstance(columns, str):
+        pairs = []
+        for item in columns.replace("\n", ",").split(","):
+            if not item.strip():
+                continue
+            if "=" not in item:
+                raise ConfigError(f"unlearn_columns / --unlearn-columns: {item.strip()!r} is not "
+                                  "field=column (e.g. 'question=query, completion=gt')")
+            ours, theirs = item.split("=", 1)
+            pairs.append((ours.strip(), theirs.strip()))
+    else:
+        raise ConfigError(f"columns= must be a dict such as {{'question': 'query'}} or a string "
+                          f"'question=query', got {type(columns).__name__}")
+    out: dict[str, str] = {}
+    for ours, theirs in pairs:
+        if not isinstance(ours, str) or not isinstance(theirs, str) or not ours or not theirs:
+            raise ConfigError(f"column mapping {ours!r}={theirs!r}: both sides must be non-empty names")
+        if ours not in MAPPABLE_FIELDS:
+            raise ConfigError(f"column mapping {ours}={theirs}: {ours!r} is not a field pytest-unlearn reads; "
+                              f"map one of {', '.join(MAPPABLE_FIELDS)}")
+        out[ours] = theirs
+    return out
 
 
 # -- reading files ----------------------------------------------------------------------------
@@ -277,6 +336,8 @@ def _read_json(text: str, shown: str) -> list:
                           "JSON array of records ([{...}, {...}]) or JSON Lines (.jsonl) for more",
                           DataWarning, stacklevel=3)
             value = [value]
+    if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+        value = [{"text": x} for x in value]  # MUSE privleak / raw files: one text per string
     if not isinstance(value, list):
         raise _fail(f"expected a JSON array of records (or an object like {{\"data\": [...]}}), "
                     f"got {_json_type(value)}", shown)
@@ -336,9 +397,41 @@ def _read_parquet(file: Path, shown: str) -> list:
     return [(("record", i), record) for i, record in enumerate(records)]
 
 
+def _is_hf_dataset(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] == "datasets" and hasattr(value, "column_names")
+
+
+def _rows_of_hf(dataset: Any) -> list:
+    if not hasattr(dataset, "to_list"):  # a DatasetDict or an IterableDataset
+        splits = list(getattr(dataset, "keys", lambda: [])())
+        raise DataError(f"expected one split (a datasets.Dataset), got a {type(dataset).__name__}"
+                        + (f" with splits {', '.join(map(repr, splits))}: pass one, e.g. ds[{splits[0]!r}]"
+                           if splits else ""), path="<datasets>")
+    return [(("record", i), record) for i, record in enumerate(dataset.to_list())]
+
+
+def _read_saved_dataset(folder: Path, shown: str) -> list:
+    """The records of a folder written by ``datasets``' ``save_to_disk`` (one split)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise DataError("is a folder written by datasets' save_to_disk; reading it needs the `datasets` "
+                        f"package: {DATASETS_EXTRA} (or pip install datasets)", path=shown) from exc
+    if (folder / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        raise DataError(f"is a DatasetDict with splits {', '.join(map(repr, splits))}; point to one split's "
+                        f"folder, e.g. {os.path.join(shown, splits[0] if splits else 'train')}", path=shown)
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # datasets raises several types on a broken folder
+        raise DataError(f"cannot read as a datasets save_to_disk folder: {exc}", path=shown) from exc
+    return _rows_of_hf(loaded)
+
+
 # -- validation and normalisation -------------------------------------------------------------
 
-def _build(rows: list, path: str, role: str | None, *, name: str, source: str) -> Dataset:
+def _build(rows: list, path: str, role: str | None, *, name: str, source: str,
+           columns: Mapping[str, str] | None = None) -> Dataset:
     """Validate ``rows`` ((where, record) pairs), warn about oddities, return the Dataset.
     ``role`` names the set in messages ("the forget set is empty")."""
     if not rows:
@@ -352,6 +445,7 @@ def _build(rows: list, path: str, role: str | None, *, name: str, source: str) -
         if _nested_deeper_than(record, MAX_NESTING):
             raise _fail(f"a value is nested more than {MAX_NESTING} levels deep; flatten it", path, where)
         records.append({str(k): v for k, v in record.items()})
+    records = _map_columns(records, dict(columns or {}), path)
     columns = list(dict.fromkeys(k for record in records for k in record))
     kind = _detect_kind(columns, path)
     make_row = _qa_row if kind == "qa" else _text_row
@@ -365,6 +459,33 @@ def _build(rows: list, path: str, role: str | None, *, name: str, source: str) -
     for note in _notes(dataset, [where for where, _ in rows], path):
         warnings.warn(note, DataWarning, stacklevel=3)  # at the caller of load_dataset
     return dataset
+
+
+def _map_columns(records: list[dict], mapping: dict[str, str], path: str) -> list[dict]:
+    """Rename the file's columns to ours: ``mapping`` first, then the published aliases
+    (:data:`PUBLISHED_ALIASES`) where our field is absent."""
+    present = set(k for record in records for k in record)
+    for ours, theirs in mapping.items():
+        if theirs not in present:
+            shown = ", ".join(map(repr, sorted(present)[:20]))
+            raise DataError(f"the column mapping {ours}={theirs} names column {theirs!r}, which the file "
+                            f"does not have (its columns: {shown}); fix unlearn_columns / columns=", path=path)
+        if ours in present and ours != theirs and ours not in mapping.values():
+            raise DataError(f"the column mapping {ours}={theirs}: the file has both {ours!r} and {theirs!r}; "
+                            f"rename one, or drop the mapping", path=path)
+    for ours, theirs, beside in PUBLISHED_ALIASES:
+        if ours not in mapping and ours not in present and theirs in present and beside in present \
+                and theirs not in mapping.values():
+            mapping[ours] = theirs
+    if not mapping:
+        return records
+    sources = set(mapping.values())
+    out = []
+    for record in records:
+        new = {k: v for k, v in record.items() if k not in sources}
+        new.update((ours, record[theirs]) for ours, theirs in mapping.items() if theirs in record)
+        out.append(new)
+    return out
 
 
 def _detect_kind(columns: list[str], path: str) -> str:

@@ -69,12 +69,13 @@ def model_context_length(model) -> int | None:
 
 
 def token_budgets(prompt_lengths: Sequence[int], answer_lengths: Sequence[int],
-                  context_length: int | None) -> tuple[list[int], list[bool]]:
+                  context_length: int | None, new_tokens: int | None = None) -> tuple[list[int], list[bool]]:
     """Each sample's new-token budget and whether it was lowered to fit ``context_length``
-    (prompt + budget <= context; never below 0)."""
+    (prompt + budget <= context; never below 0).  ``new_tokens`` fixes the budget instead of
+    :func:`new_token_budget` (a benchmark's own length, e.g. MUSE's 128)."""
     budgets, cut = [], []
     for p, n in zip(prompt_lengths, answer_lengths):
-        want = new_token_budget(n)
+        want = new_token_budget(n) if new_tokens is None else int(new_tokens)
         room = want if context_length is None else max(0, context_length - p)
         budgets.append(min(want, room))
         cut.append(room < want)
@@ -178,13 +179,13 @@ class Generations:
 
 def greedy_generations(model, tokenizer, contexts: Sequence[list[int]], answer_lengths: Sequence[int], *,
                        batch_size: int | None = None, progress: bool | str = False,
-                       context_length: int | None = None) -> Generations:
+                       context_length: int | None = None, new_tokens: int | None = None) -> Generations:
     """Greedy continuations of token-id contexts under :data:`GENERATION_POLICY`, decoded
     without special tokens and stripped.
 
     ``context_length`` bounds prompt + budget (default: :func:`model_context_length`).  One
     ``generate`` call per batch with a KV cache; a sample's text is what generating it alone
-    gives.
+    gives.  ``new_tokens`` fixes every sample's budget (see :func:`token_budgets`).
     """
     import torch
 
@@ -200,7 +201,7 @@ def greedy_generations(model, tokenizer, contexts: Sequence[list[int]], answer_l
         pad = 0
     stops = stop_token_ids(model, tokenizer)
     lengths = [len(c) for c in contexts]
-    budgets, cut = token_budgets(lengths, answer_lengths, context_length)
+    budgets, cut = token_budgets(lengths, answer_lengths, context_length, new_tokens)
     encoded = [Encoded(list(c), len(c)) for c in contexts]
     batches = length_sorted_batches(lengths, batch_size)
     out: dict[int, str] = {}

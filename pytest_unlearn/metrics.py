@@ -26,7 +26,13 @@ implementation are listed in ``docs/metrics.md``:
   ``mia_min_k_pp``: the same over log-probs standardised by the mean and standard
   deviation of ``log p`` under the next-token distribution (Min-K%++), with the
   variance floored at ``1e-6`` as OpenUnlearning does.
-* ``rouge_l``: ROUGE-L recall of the greedy generation against the answer (TOFU).
+* ``rouge_l``: ROUGE-L recall of the greedy generation against the answer (TOFU; Porter
+  stemmer on, as TOFU and OpenUnlearning score it).
+* ``rouge_l_f1``: ROUGE-L F1 of the greedy generation against the answer (MUSE's VerbMem and
+  KnowMem; stemmer off, as MUSE's ``RougeEvalLogger`` scores it).
+
+TOFU's forget quality and model utility (:func:`forget_quality`, :func:`model_utility`) live in
+:mod:`pytest_unlearn.tofu` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -124,15 +130,19 @@ def rouge_l_recall(generated: str, reference: str) -> float:
     return _rouge_scorer().score(reference, generated)["rougeL"].recall
 
 
-_SCORER = None
+def rouge_l_f1(generated: str, reference: str) -> float:
+    """ROUGE-L F1 (``fmeasure``) with MUSE's settings: ``rouge_score``, no stemmer."""
+    return _rouge_scorer(stem=False).score(reference, generated)["rougeL"].fmeasure
 
 
-def _rouge_scorer():
-    global _SCORER
-    if _SCORER is None:
+_SCORERS: dict = {}
+
+
+def _rouge_scorer(stem: bool = True):
+    if stem not in _SCORERS:
         from rouge_score import rouge_scorer
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return _SCORER
+        _SCORERS[stem] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
+    return _SCORERS[stem]
 
 
 # ---------------------------------------------------------------- metric objects
@@ -208,6 +218,8 @@ _register("truth_ratio_tofu", False, 0.0, 1.0, "truth_ratio",
           "TOFU forget truth ratio min(R, 1/R), 1 = no preference")
 _register("rouge_l", True, 0.0, 1.0, "generation", rouge_l_recall,
           "ROUGE-L recall of the greedy answer")
+_register("rouge_l_f1", True, 0.0, 1.0, "generation", rouge_l_f1,
+          "ROUGE-L F1 of the greedy answer (MUSE)")
 
 
 def get_metric(metric: str | Metric) -> Metric:
@@ -331,3 +343,4 @@ def privleak(auc_unlearned: float, auc_reference: float) -> float:
 
 
 from . import multiple_choice as _multiple_choice  # noqa: E402,F401  registers mc_acc, mc_prob, mc_acc_text
+from .tofu import forget_quality, harmonic_mean, ks_2samp, model_utility  # noqa: E402,F401  TOFU's numbers

@@ -195,7 +195,8 @@ class Suite:
         if role not in self._data:
             from .data import load_dataset
 
-            self._data[role] = load_dataset(self.settings.require(role), name=role)
+            self._data[role] = load_dataset(self.settings.require(role), name=role,
+                                            columns=self.settings.columns)
         return self._data[role]
 
     def data(self, spec=None, *, default: str = "forget") -> "Dataset":
@@ -210,8 +211,11 @@ class Suite:
             path = self._resolve(spec)
             key = "path:" + os.path.abspath(path)
             if key not in self._data:
-                self._data[key] = load_dataset(path, name=Path(os.fspath(spec)).stem)
+                self._data[key] = load_dataset(path, name=Path(os.fspath(spec)).stem,
+                                               columns=self.settings.columns)
             return self._data[key]
+        if type(spec).__module__.split(".")[0] == "datasets":  # a datasets.Dataset
+            return load_dataset(spec, name="data", columns=self.settings.columns)
         if isinstance(spec, list) or type(spec).__name__ == "DataFrame":
             return dataset_from_records(spec, name="data", source="<records>")
         raise ConfigError(f"data= must be a path, a Dataset or a list of records, got {type(spec).__name__}")

@@ -231,6 +231,16 @@ def _shot(question: str, answer: str, templated: bool) -> tuple[str, str]:
     return question, answer
 
 
+def _icl_source(value):
+    """``retain``, ``forget`` or the path of a file of examples (``icl:source=data/x_icl.json``)."""
+    text = str(value).strip() if isinstance(value, str) else value
+    if isinstance(text, str) and text.lower() in ("retain", "forget"):
+        return text.lower()
+    if isinstance(text, str) and text and (text.lower().endswith((".json", ".jsonl", ".csv", ".parquet", ".pq"))):
+        return text
+    raise ValueError(f"must be retain, forget or a .json/.jsonl/.csv/.parquet file of examples, got {value!r}")
+
+
 @register_attack
 class InContext(Attack):
     """``shots`` solved examples before the question, drawn seeded per sample."""
@@ -239,11 +249,16 @@ class InContext(Attack):
     kind = "prompt"
     cost_hint = "one scoring pass (longer prompts)"
     PARAMS = (Param("shots", 3, as_int(1, 64), "number of solved examples"),
-              Param("source", "retain", as_choice("retain", "forget"),
-                    "retain (the retain set) or forget (other forget items, never the sample itself)"))
+              Param("source", "retain", _icl_source,
+                    "retain (the retain set), forget (other forget items, never the sample itself) or a "
+                    "QA file of examples (e.g. MUSE's forget_qa_icl.json)"))
 
     def _run(self, metric, model, data, ctx):
-        pool = ctx.retain if self.source == "retain" else (ctx.forget if ctx.forget is not None else data)
+        if self.source not in ("retain", "forget"):
+            from ..data import load_dataset
+            pool = load_dataset(self.source, name="icl examples")
+        else:
+            pool = ctx.retain if self.source == "retain" else (ctx.forget if ctx.forget is not None else data)
         if pool is None:
             raise AttackError(f"attack {self.spec}: no retain set to draw examples from; configure "
                               "unlearn_retain / --unlearn-retain (or pass AttackContext(retain=...)), "
