@@ -8,7 +8,7 @@ perturbed answers, so that every batch size mixes lengths differently and pads d
 
 Tolerance:
 
-* **discrete metrics** (``es``, ``em``: counts of argmax hits; ``rouge_l``: a function of the greedy
+* **discrete metrics** (``es``, ``em``: counts of argmax hits; ``rouge_l``, ``rouge_l_f1``: functions of the greedy
   text): exactly equal, and the generated texts themselves identical;
 * **float metrics** (probabilities, perplexities, the MIA statistics, truth ratios): equal within
   ``RTOL = 1e-5`` relative (``ATOL = 1e-6`` absolute for values near 0).  Padding changes the shapes,
@@ -37,7 +37,7 @@ from pytest_unlearn.scoring import Scorer  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BATCH_SIZES = (1, 3, 8)
-DISCRETE = {"es", "em", "rouge_l"}
+DISCRETE = {"es", "em", "rouge_l", "rouge_l_f1"}
 FLOAT = {"prob", "ppl", "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_pp", "truth_ratio", "truth_ratio_tofu"}
 # multiple-choice metrics, scored on the same facts asked as multiple-choice questions
 MC_DISCRETE = {"mc_acc", "mc_acc_text"}  # argmax over the choices
