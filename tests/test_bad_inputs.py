@@ -466,7 +466,7 @@ ROWS = [
         ("ConfigError: threshold 5 is outside the range of es [0, 1] (higher = more knowledge); give a "
          "threshold in that range",)),
     Row("unknown-metric", "test_unknown_metric", "failed",
-        ("UnknownNameError: unknown metric 'rogue_l'; did you mean 'rouge_l'?", "(known: em, es,")),
+        ("UnknownNameError: unknown metric 'rogue_l'; did you mean 'rouge_l'", "(known: em, es,")),
     Row("unknown-attack", "test_unknown_attack", "failed",
         ("UnknownNameError: unknown attack 'quantise'; did you mean 'quantize'", "(known: icl, jailbreak,")),
     # -- no false pass: a step that cannot run fails the assertion, it never passes on what remained
