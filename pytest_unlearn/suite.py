@@ -308,6 +308,10 @@ class Suite:
     # ------------------------------------------------------------ the end
     def close(self) -> None:
         """Release every model this suite loaded (and calibrated)."""
+        if self._scorer is not None:  # the weights relearning kept for the session
+            from .attacks.weight_attacks import release_memo
+
+            release_memo(self._scorer)
         handles = list(self._roles.values()) + list(self._by_path.values())
         handles += [getattr(c, "model", None) for c in self._calibrations.values()]
         self._roles.clear()
