@@ -388,30 +388,62 @@ def as_lora(value):
 
 
 def train_answers(model, handle: "ModelHandle", train: "Dataset", ctx: AttackContext, *, steps: int,
-                  lr: float, batch_size: int, seed: int, desc: str = "relearn") -> None:
+                  lr: float, batch_size: int, seed: int, desc: str = "relearn", free: int | None = None) -> None:
     """AdamW on the answer-only NLL of ``train`` (encoded exactly as for scoring), seeded;
     gradients clipped to norm 1; the parameters that require grad are trained (half-precision
-    ones through float32 master copies, so that small updates do not round away)."""
+    ones through float32 master copies, so that small updates do not round away).
+
+    Memory: the loss applies the LM head to the answer positions only; on CUDA, training that
+    cannot fit is refused before the first step (:func:`~pytest_unlearn.training.check_training_fits`,
+    ``free`` overrides the measured free memory), gradient checkpointing is on, and a step that
+    runs out of memory is run again as gradient-accumulated micro-batches of half the size
+    (the same step: the mean loss over the same samples)."""
     import torch
 
-    from ..training import MasterAdamW, collate, pad_id, seeded_batches, sequence_nll
+    from ..batching import is_out_of_memory
+    from ..training import (MasterAdamW, check_training_fits, collate, gradient_checkpointing, pad_id,
+                            seeded_batches, sequence_nll)
 
     encoded = ctx.scorer.encode(handle, dataset_parts(train))
     device = handle.device
     params = [p for p in model.parameters() if p.requires_grad]
+    on_cuda = device.type == "cuda"
+    check_training_fits(model, params, device, what=f"attack relearn ({desc})", batch_size=batch_size,
+                        tokens=max(len(e.input_ids) for e in encoded), checkpointing=on_cuda, free=free,
+                        remedy="relearn with LoRA (relearn:lora=true) or a smaller batch (relearn:batch_size=1)")
     opt = MasterAdamW(params, lr, weight_decay=0.0, max_grad_norm=1.0)
     batches = seeded_batches(len(encoded), batch_size, steps, seed)
     if ctx.progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, total=steps, desc=desc, unit="step", leave=False)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    pad = pad_id(handle.tokenizer)
+    pieces = 1  # micro-batches per step (doubled on an out-of-memory error)
+
+    def backward(idx: list[int]) -> None:
+        if pieces == 1:
+            sequence_nll(model, collate(encoded, idx, pad, device)).mean().backward()
+            return
+        for part in np.array_split(np.asarray(idx), min(pieces, len(idx))):
+            (sequence_nll(model, collate(encoded, part.tolist(), pad, device)).sum() / len(idx)).backward()
+
+    with torch.random.fork_rng(devices=[device] if on_cuda else []), gradient_checkpointing(model, on_cuda):
         torch.manual_seed(seed)
         model.train()
         try:
             for idx in batches:
-                loss = sequence_nll(model, collate(encoded, idx, pad_id(handle.tokenizer), device)).mean()
-                opt.zero_grad()
-                loss.backward()
+                while True:
+                    opt.zero_grad()
+                    try:
+                        backward(idx)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                        if not is_out_of_memory(exc) or pieces >= len(idx):
+                            raise
+                        opt.zero_grad()
+                        del exc
+                        if on_cuda:
+                            torch.cuda.empty_cache()
+                        pieces *= 2
                 opt.step()
         finally:
             model.eval()
