@@ -4,7 +4,9 @@ The ``unlearn`` fixture is a ``Suite`` built from the pytest settings; a noteboo
 one with :meth:`Suite.from_paths`.  Everything is loaded lazily and memoised: a test
 that only reads the forget set never loads a model.  One :class:`~pytest_unlearn.scoring.Scorer`
 (prompt format, batch size, result cache) serves every score, attack and calibration,
-so nothing is computed twice in a session and, with the cache, not across sessions.
+and weight attacks keep their outcomes (and relearning its trained folds) in memory for the
+session, so a score, an attack outcome or a calibration is computed once per session; with
+the cache, scores and outcomes are reused across sessions.
 
 ``assert_forgotten`` and ``assert_retained`` find the *active* suite: the plugin makes
 the session's suite active; a notebook calls :meth:`Suite.activate` or passes
