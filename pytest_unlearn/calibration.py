@@ -32,12 +32,16 @@ than ``monotone_slack`` (relative to the original's score), a :class:`Calibratio
 is issued and ``grid`` evenly spaced alphas are scanned as well; the result is then the
 largest evaluated alpha whose score meets the bar, never an alpha bisection merely assumed.
 
-**Memory.** One working copy of the weights is made (a deep copy of the unlearned model)
-and every alpha is mixed into it in place, one tensor at a time (:func:`mix_into`); the two
-source models are read where they are, never duplicated.  Peak memory is the two given
-models, one working copy and the activations.  To keep the working copy on a GPU while the
-sources stay in host memory, load the sources on the CPU and pass ``device="cuda"``: each
-source tensor is then moved to the device one at a time.
+**Memory.** One working copy of the weights is made per unlearned model, allocated directly
+on its device (:func:`empty_copy`: never a host copy first), and every alpha is mixed into it
+in place, one tensor at a time (:func:`mix_into`); the two source models are read where they
+are, never duplicated.  The handles of calibrated models share that copy and mix their own
+alpha back in when used after another one (so a suite's calibrations at several taus and
+metrics hold one copy, not one each).  Peak memory is the two given models, one working copy
+and the activations.  Alpha 0 and 1 are scored on the original and unlearned models
+themselves, where they live.  To keep the working copy on a GPU while the sources stay in host
+memory, load the sources on the CPU and pass ``device="cuda"``: each source tensor is then moved
+to the device one at a time.
 
 **Caching.** Mixed models get deterministic fingerprints (a hash of both fingerprints and
 alpha), so the :class:`~pytest_unlearn.scoring.Scorer`'s token-statistics cache hits for
@@ -60,13 +64,13 @@ import numpy as np
 from .cache import ResultCache, cache_key
 from .errors import ConfigError, ModelMismatchError
 from .metrics import Metric, get_metric
+from .models import ModelHandle
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
     from .data import Dataset
-    from .models import ModelHandle
 
 __all__ = ["CalibrationResult", "CalibrationWarning", "calibrate", "check_compatible", "compare",
            "mix_into", "mixable_tensors", "mixed_fingerprint", "plot_curve", "retain_target"]
@@ -186,35 +190,116 @@ def mixed_fingerprint(original_fingerprint: str, unlearned_fingerprint: str, alp
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def empty_copy(model, device=None):
+    """A copy of ``model``'s modules whose parameters and buffers are new, *uninitialised*
+    tensors on ``device`` (default: where each one is): the weights are never duplicated in
+    host memory on the way to a GPU.  Tied weights stay tied.  The caller fills the tensors
+    (:func:`mix_into` writes every one of them)."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for t in store.values():
+                if t is None or id(t) in memo:
+                    continue
+                fresh = torch.empty_like(t, device=device if device is not None else t.device)
+                memo[id(t)] = (torch.nn.Parameter(fresh, requires_grad=t.requires_grad)
+                               if isinstance(t, torch.nn.Parameter) else fresh)
+    return copy.deepcopy(model, memo)
+
+
 class _Workspace:
-    """The one working copy of the weights, created on first use and reused across alphas
-    (and across candidates in :func:`compare`)."""
+    """The one working copy of the weights, created on first use (on ``device``, default the
+    unlearned model's) and reused across alphas, taus and metrics (and across candidates in
+    :func:`compare`).  Handles it gives out re-mix their alpha into it whenever they are used
+    (:class:`_MixedHandle`), so any number of calibrated models share one copy."""
 
     def __init__(self, device=None):
         self.device = device
         self.model = None
         self.holds: tuple | None = None
+        self.copies = 0  # working copies made (1 unless the copy was released and needed again)
 
-    def handle(self, original: "ModelHandle", unlearned: "ModelHandle", alpha: float,
-               name: str) -> "ModelHandle":
+    def ensure(self, original: "ModelHandle", unlearned: "ModelHandle", alpha: float):
+        """The working copy holding theta(alpha) of these two models."""
         if self.model is None:
             from .models import require_one_device
 
             for source in (original, unlearned):
                 require_one_device(source.model, f"calibration (mixing {source.name} {source.source} into a "
                                                   "working copy of the weights)")
-            model = copy.deepcopy(unlearned.model)
-            if self.device is not None:
-                model.to(self.device)
-            self.model = model.eval()
+            self.model = empty_copy(unlearned.model, self.device).eval()
+            self.holds = None
+            self.copies += 1
         state = (id(original.model), id(unlearned.model), original.fingerprint, unlearned.fingerprint, alpha)
         if self.holds != state:
             self.holds = None
             mix_into(self.model, original.model, unlearned.model, alpha)
             self.holds = state
+        return self.model
+
+    def handle(self, original: "ModelHandle", unlearned: "ModelHandle", alpha: float,
+               name: str) -> "ModelHandle":
+        self.ensure(original, unlearned, alpha)
         fingerprint = mixed_fingerprint(original.fingerprint, unlearned.fingerprint, alpha)
         source = f"uwc({original.source} -> {unlearned.source}, alpha={alpha:.6g})"
-        return unlearned.derive(self.model, fingerprint=fingerprint, name=name, source=source)
+        return _MixedHandle(self, original, unlearned, alpha, tokenizer=unlearned.tokenizer,
+                            fingerprint=fingerprint, name=name, source=source, opt_ins=unlearned.opt_ins)
+
+    def release(self) -> None:
+        if self.model is None:
+            return
+        import gc
+
+        on_cuda = any(p.is_cuda for p in self.model.parameters())
+        self.model, self.holds = None, None
+        gc.collect()
+        if on_cuda:
+            import torch
+            torch.cuda.empty_cache()
+
+
+class _MixedHandle(ModelHandle):
+    """The mixed model theta(alpha) in a shared working copy (:class:`_Workspace`): reading
+    ``model`` mixes its alpha back in when another handle of the same copy changed it."""
+
+    def __init__(self, workspace: _Workspace, original, unlearned, alpha: float, **kwargs):
+        self._workspace, self._mix = workspace, (original, unlearned, float(alpha))
+        super().__init__(model=None, **kwargs)
+        self._released = False
+
+    @property
+    def model(self):
+        return None if self._released else self._workspace.ensure(*self._mix)
+
+    @model.setter
+    def model(self, value) -> None:
+        if value is not None:
+            raise ValueError("a calibrated model's weights are mixed into its working copy; they cannot be replaced")
+        self._released = True  # Suite.close() drops its references this way
+
+    @property
+    def alpha(self) -> float:
+        return self._mix[2]
+
+    @property
+    def device(self):
+        from .forward import input_device
+
+        held = self._workspace.model  # where the copy lives does not depend on alpha: no mixing
+        return input_device(held if held is not None else self.model)
+
+    @property
+    def dtype(self):
+        held = self._workspace.model
+        model = held if held is not None else self.model
+        return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+    def release(self) -> None:
+        """Free the shared working copy (the next use of any handle of it makes it again)."""
+        self._released = True
+        self._workspace.release()
 
 
 # ---------------------------------------------------------------- the bar and the curve

@@ -141,17 +141,64 @@ def answer_logits(model, ids, mask, pos, keep: int):
     return out.logits[:, -keep:, :]
 
 
+#: Extra memory the per-token statistics may take, as a multiple of the kept logits' bytes
+#: (positions are processed in chunks sized to stay within it).
+STATS_MEMORY_FACTOR = 1.5
+#: Bytes of float32 working memory per answer position and vocabulary entry: the gathered row
+#: in the model's dtype and in float32, then the log-probabilities and one product at a time.
+_BYTES_PER_ENTRY = 10
+
+
+def stats_chunk(logits: "torch.Tensor", positions: int) -> int:
+    """Answer positions per chunk so that the statistics' temporaries stay within
+    :data:`STATS_MEMORY_FACTOR` times the kept logits (at least one position)."""
+    vocab = max(1, int(logits.shape[-1]))
+    budget = STATS_MEMORY_FACTOR * logits.numel() * logits.element_size()
+    return max(1, min(positions, int(budget // (_BYTES_PER_ENTRY * vocab))))
+
+
+def position_stats(logits: "torch.Tensor", rows, cols, targets, chunk: int | None = None):
+    """``(logprob, correct, mu, sigma)`` of the answer positions ``logits[rows[j], cols[j]]``
+    predicting ``targets[j]``, as CPU tensors.  Positions are reduced ``chunk`` at a time
+    (default :func:`stats_chunk`), each row by the same kernels (``log_softmax``, an exp and
+    in-place products), so the result does not depend on the chunking."""
+    import torch
+
+    device = logits.device
+    n = len(rows)
+    chunk = chunk or stats_chunk(logits, n)
+    rows_t = torch.as_tensor(rows, dtype=torch.long, device=device)
+    cols_t = torch.as_tensor(cols, dtype=torch.long, device=device)
+    target_t = torch.as_tensor(targets, dtype=torch.long, device=device)
+    parts: list[tuple] = []
+    for a in range(0, n, chunk):
+        lg = logits[rows_t[a:a + chunk], cols_t[a:a + chunk]].float()
+        target = target_t[a:a + chunk, None]
+        correct = lg.argmax(-1) == target[:, 0]
+        logp = torch.log_softmax(lg, dim=-1)
+        del lg
+        lp = logp.gather(-1, target)[:, 0]
+        plogp = logp.exp().mul_(logp).nan_to_num_()  # p log p; 0 * -inf = 0 for tokens of probability 0
+        mu = plogp.sum(-1)
+        second = plogp.mul_(logp).nan_to_num_().sum(-1)  # p (log p)^2
+        del plogp, logp
+        sigma = (second - mu * mu).clamp(min=0).sqrt()
+        parts.append((lp.double().cpu(), correct.cpu(), mu.double().cpu(), sigma.double().cpu()))
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return empty, torch.zeros(0, dtype=torch.bool), empty, empty
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(4))
+
+
 def stats_from_logits(logits: "torch.Tensor", encoded: Sequence["Encoded"], idx: Sequence[int],
-                      out: dict[int, dict[str, np.ndarray]]) -> None:
+                      out: dict[int, dict[str, np.ndarray]], chunk: int | None = None) -> None:
     """Fill ``out[i]`` with the token statistics of sample ``i`` from the batch's logits.
 
     ``logits[:, -keep:]`` with left padding: the prediction of the last answer token
-    sits at position ``keep - 2``, that of the first at ``keep - 1 - n_answer``.  All
-    answer positions of the batch are gathered into one ``(positions, vocab)`` tensor
-    and reduced together.
+    sits at position ``keep - 2``, that of the first at ``keep - 1 - n_answer``.  The answer
+    positions of the batch are reduced in chunks (:func:`position_stats`), so the float32
+    temporaries stay within :data:`STATS_MEMORY_FACTOR` times the kept logits.
     """
-    import torch
-
     keep = logits.shape[1]
     rows, cols, targets, lengths = [], [], [], []
     for r, i in enumerate(idx):
@@ -161,19 +208,8 @@ def stats_from_logits(logits: "torch.Tensor", encoded: Sequence["Encoded"], idx:
         cols += range(keep - 1 - n, keep - 1)
         targets += enc.input_ids[enc.answer_start:]
         lengths.append(n)
-    device = logits.device
-    lg = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float()
-    target = torch.tensor(targets, device=device)
-    logp = torch.log_softmax(lg, dim=-1)
-    lp = logp.gather(-1, target[:, None])[:, 0]
-    correct = lg.argmax(-1) == target
-    p = logp.exp()
-    plogp = torch.nan_to_num(p * logp)  # 0 * -inf = 0 for tokens of probability 0
-    mu = plogp.sum(-1)
-    second = torch.nan_to_num(plogp * logp).sum(-1)
-    sigma = (second - mu * mu).clamp(min=0).sqrt()
-    arrays = {"logprob": lp.double().cpu().numpy(), "correct": correct.cpu().numpy(),
-              "mu": mu.double().cpu().numpy(), "sigma": sigma.double().cpu().numpy()}
+    lp, correct, mu, sigma = position_stats(logits, rows, cols, targets, chunk)
+    arrays = {"logprob": lp.numpy(), "correct": correct.numpy(), "mu": mu.numpy(), "sigma": sigma.numpy()}
     bounds = np.cumsum(lengths)[:-1]
     split = {k: np.split(v, bounds) for k, v in arrays.items()}
     for r, i in enumerate(idx):

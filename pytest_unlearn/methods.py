@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from .errors import ConfigError, UnlearnError
 from .prompts import Encoded, dataset_parts, encode, parse_prompt_format
 from .registry import Registry
-from .training import MasterAdamW, TrainBatch, collate, pad_id, seeded_batches, sequence_nll
+from .training import (MasterAdamW, TrainBatch, answer_window, check_training_fits, collate, gradient_checkpointing,
+                       pad_id, seeded_batches, sequence_nll)
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +93,7 @@ class _Run:
             model.float()
         self.flags = [p.requires_grad for p in model.parameters()]
         self.model = model
+        self.max_tokens = 0  # the longest encoded sample (for the memory estimate)
 
     def encode(self, dataset: "Dataset", answers=None, *, eos: bool = False) -> list[Encoded]:
         parts = dataset_parts(dataset, answers=answers)
@@ -101,6 +103,7 @@ class _Run:
         encoded = encode(self.original.tokenizer, self.fmt, parts, max_length=limit, sample_names=names)
         if eos and eos_id is not None:
             encoded = [Encoded(e.input_ids + [eos_id], e.answer_start, e.truncated) for e in encoded]
+        self.max_tokens = max([self.max_tokens, *(len(e.input_ids) for e in encoded)])
         return encoded
 
     def batches(self, encoded: list[Encoded], batch_size: int, steps: int,
@@ -121,12 +124,21 @@ class _Run:
         return out
 
     def train(self, loss_fn: Callable[[], tuple["torch.Tensor", dict]], *, steps: int, lr: float,
-              params=None, progress: bool = False, desc: str = "unlearning") -> None:
-        """``steps`` optimiser steps on ``loss_fn()`` (returns the loss and parts to show)."""
+              params=None, progress: bool = False, desc: str = "unlearning", batch_size: int = 1) -> None:
+        """``steps`` optimiser steps on ``loss_fn()`` (returns the loss and parts to show).
+
+        On CUDA: refused before the first step when the estimate of what training needs
+        (:func:`~pytest_unlearn.training.check_training_fits`) exceeds the free memory, and run
+        with gradient checkpointing."""
         import torch
 
         model = self.model
         trainable = list(model.parameters()) if params is None else list(params)
+        on_cuda = self.device.type == "cuda"
+        check_training_fits(model, trainable, self.device, what=desc, batch_size=batch_size,
+                            tokens=self.max_tokens, checkpointing=on_cuda,
+                            remedy="unlearn a smaller model, train fewer parameters (rmu trains a few layers), "
+                                   "or lower batch_size")
         for p in model.parameters():
             p.requires_grad_(False)
         for p in trainable:
@@ -140,7 +152,7 @@ class _Run:
         devices = [self.device] if self.device.type == "cuda" else []
         model.train()
         try:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), gradient_checkpointing(model, on_cuda):
                 torch.manual_seed(self.seed)
                 for step in iterator:
                     loss, shown = loss_fn()
@@ -187,9 +199,8 @@ def _answer_logprobs(model, batch: TrainBatch) -> "torch.Tensor":
     """log-softmax of the next-token distributions that predict answer tokens, (tokens, vocab)."""
     import torch
 
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=False)
-    return torch.log_softmax(out.logits[:, :-1][_predicting(batch)].float(), dim=-1)
+    logits, labels = answer_window(model, batch)  # the LM head on the answer positions only
+    return torch.log_softmax(logits[labels != -100].float(), dim=-1)
 
 
 def _check(method: str, steps: int, lr: float, batch_size: int, forget: "Dataset") -> None:

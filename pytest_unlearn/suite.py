@@ -4,7 +4,9 @@ The ``unlearn`` fixture is a ``Suite`` built from the pytest settings; a noteboo
 one with :meth:`Suite.from_paths`.  Everything is loaded lazily and memoised: a test
 that only reads the forget set never loads a model.  One :class:`~pytest_unlearn.scoring.Scorer`
 (prompt format, batch size, result cache) serves every score, attack and calibration,
-so nothing is computed twice in a session and, with the cache, not across sessions.
+and weight attacks keep their outcomes (and relearning its trained folds) in memory for the
+session, so a score, an attack outcome or a calibration is computed once per session; with
+the cache, scores and outcomes are reused across sessions.
 
 ``assert_forgotten`` and ``assert_retained`` find the *active* suite: the plugin makes
 the session's suite active; a notebook calls :meth:`Suite.activate` or passes
@@ -77,6 +79,7 @@ class Suite:
         self._data: dict[str, "Dataset"] = {}
         self._scorer: "Scorer | None" = None
         self._calibrations: dict[tuple, "CalibrationResult"] = {}
+        self._workspaces: dict[str, Any] = {}  # unlearned fingerprint -> its one calibration working copy
         self.calibration_listeners: list[Callable[["CalibrationResult", "ModelHandle"], None]] = []
 
     @classmethod
@@ -287,16 +290,29 @@ class Suite:
                            dataset.name, a.spec, dict(outcome.cost or {}))
 
     # ------------------------------------------------------------ calibration
+    def calibration_device(self) -> "str | None":
+        """Where calibration's working copy goes: the configured device when it names one
+        (``cpu``, ``cuda``, ``cuda:N``); ``None`` (the unlearned model's device) for ``auto`` and
+        ``sharded``."""
+        device = str(self.device or "auto").strip().lower()
+        return None if device in ("auto", "sharded") else device
+
     def calibrate(self, tau: float = 0.9, metric: str = "es", *, model=None) -> "CalibrationResult":
-        """The UWC-calibrated model at ``tau`` (memoised per tau, metric and model)."""
+        """The UWC-calibrated model at ``tau`` (memoised per tau, metric and model).  Every
+        tau and metric of one unlearned model shares one working copy of the weights."""
         handle = self.model(model)
         key = (float(tau), str(metric), handle.fingerprint)
         if key not in self._calibrations:
-            from .calibration import calibrate
+            from .calibration import _Workspace, calibrate
 
+            device = self.calibration_device()
+            workspace = self._workspaces.get(handle.fingerprint)
+            if workspace is None:
+                workspace = self._workspaces[handle.fingerprint] = _Workspace(device)
             result = calibrate(self.original, handle, self.retain, tau=float(tau), metric=metric,
                                forget=self.forget if self.has("forget") else None, scorer=self.scorer,
-                               cache=self.scorer.cache, progress=self.settings.progress)
+                               cache=self.scorer.cache, progress=self.settings.progress, device=device,
+                               _workspace=workspace)
             self._calibrations[key] = result
             for listener in self.calibration_listeners:
                 listener(result, handle)
@@ -312,11 +328,19 @@ class Suite:
     # ------------------------------------------------------------ the end
     def close(self) -> None:
         """Release every model this suite loaded (and calibrated)."""
+        if self._scorer is not None:  # the weights relearning kept for the session
+            from .attacks.weight_attacks import release_memo
+
+            release_memo(self._scorer)
+        for calibration in self._calibrations.values():
+            calibration.model.model = None  # a calibrated handle holds no weights of its own
+        for workspace in self._workspaces.values():
+            workspace.release()
         handles = list(self._roles.values()) + list(self._by_path.values())
-        handles += [getattr(c, "model", None) for c in self._calibrations.values()]
         self._roles.clear()
         self._by_path.clear()
         self._calibrations.clear()
+        self._workspaces.clear()
         alive = list({id(h): h for h in handles if h is not None and getattr(h, "model", None) is not None}.values())
         for h in alive[:-1]:  # drop every reference, then let the last release() collect once
             h.model = None

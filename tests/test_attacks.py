@@ -441,9 +441,9 @@ def test_quantize_bitsandbytes_needs_cuda(world):
 
 def test_weight_attack_outcome_cache(world, tmp_path):
     data, model = world["forget"], world["original"]
-    ctx = make_ctx(world, cache=ResultCache(tmp_path))
-    first = run_attack("relearn:steps=1,lr=1e-3", "es", model, data, ctx)
-    second = run_attack("relearn:steps=1,lr=1e-3", "es", model, data, ctx)
+    first = run_attack("relearn:steps=1,lr=1e-3", "es", model, data, make_ctx(world, cache=ResultCache(tmp_path)))
+    # a new session (a new scorer, so an empty memo) reads the outcome from the disk cache
+    second = run_attack("relearn:steps=1,lr=1e-3", "es", model, data, make_ctx(world, cache=ResultCache(tmp_path)))
     np.testing.assert_array_equal(first.values, second.values)
     assert first.cost["training_steps"] == 2 and second.cost["training_steps"] == 0
     assert second.cost.get("cached") and second.details == first.details

@@ -241,7 +241,7 @@ def test_second_call_is_served_from_the_cache(world, tmp_path):
 def test_compare_orders_by_calibrated_forget_score(world, monkeypatch):
     copies = []
     real_deepcopy = copy.deepcopy
-    counting = SimpleNamespace(deepcopy=lambda x: copies.append(1) or real_deepcopy(x))
+    counting = SimpleNamespace(deepcopy=lambda *a: copies.append(1) or real_deepcopy(*a))
     monkeypatch.setattr(calibration, "copy", counting)
     candidates = {"noisy": noisy(world.original, 0.3),
                   "noisier": noisy(world.original, 1.0, seed=2, name="noisier"),
@@ -280,3 +280,50 @@ def test_working_copy_on_gpu_reads_host_sources(untrained):
     for name, param in working.named_parameters():
         expected = torch.lerp(src_a[name], src_b[name], 0.25)
         torch.testing.assert_close(param.cpu(), expected, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- one working copy per unlearned model
+
+def test_one_working_copy_serves_every_tau_and_metric(world, toy_world, monkeypatch):
+    from pytest_unlearn.suite import Suite
+
+    copies = []
+    real_deepcopy = copy.deepcopy
+    monkeypatch.setattr(calibration, "copy", SimpleNamespace(deepcopy=lambda *a: copies.append(1) or real_deepcopy(*a)))
+    suite = Suite.from_paths(original=toy_world["original"], retain=toy_world["retain"], cache_dir=None, device="cpu")
+    unlearned = noisy(world.original, 0.3)
+    try:
+        results = [suite.calibrate(0.9, model=unlearned), suite.calibrate(0.6, model=unlearned),
+                   suite.calibrate(0.9, "prob", model=unlearned)]
+        mixed = [r for r in results if 0.0 < r.alpha < 1.0]
+        assert len({r.alpha for r in mixed}) >= 2
+        assert len(copies) == 1  # one working copy for every tau and metric
+        assert len({id(r.model.model) for r in mixed}) == 1
+        assert suite._workspaces[unlearned.fingerprint].device == "cpu"
+        # each calibrated handle still computes its own alpha after the others were used
+        for r in mixed + mixed[::-1]:
+            expected = lerp_model(world.original, unlearned, r.alpha).model
+            assert torch.equal(logits(r.model.model), logits(expected)), r.alpha
+            scored = Scorer().score(r.metric, r.model, world.retain).reduced
+            assert scored == pytest.approx(r.retain_score)
+    finally:
+        suite.close()
+    assert suite._workspaces == {} and all(r.model.model is None for r in mixed)
+
+
+def test_the_working_copy_is_made_on_its_device_without_a_host_copy(untrained, monkeypatch):
+    """The copy's tensors are allocated on the target device (the meta device stands for a
+    GPU here): no parameter or buffer is deep-copied on the host on the way."""
+    copied = []
+    real = torch.Tensor.__deepcopy__
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", lambda self, memo: copied.append(self.shape) or real(self, memo))
+    model = untrained.b.model
+    model.tie_weights()
+    working = calibration.empty_copy(model, "meta")
+    assert copied == []
+    assert {p.device.type for p in working.parameters()} | {b.device.type for b in working.buffers()} == {"meta"}
+    assert [n for n, _ in working.named_parameters()] == [n for n, _ in model.named_parameters()]
+    out_w, in_w = working.get_output_embeddings(), working.get_input_embeddings()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert (out_w.weight is in_w.weight) == tied
+    assert next(model.parameters()).device.type == "cpu"  # the source is untouched

@@ -99,8 +99,11 @@ class LensLogits:
     """``logits_fn`` factory: one forward pass per batch, projected for every layer.
 
     ``for_layer(l)`` returns a function with :func:`~pytest_unlearn.forward.answer_logits`'s
-    signature.  The hidden states (answer positions only) of the last few batches are kept,
-    so calling the functions of all layers on the same batch runs the model once.
+    signature.  The hidden states (copies of the answer positions only, not views that would
+    keep the whole sequence's states alive) of the last few batches are kept, so calling the
+    functions of all layers on the same batch runs the model once.  Each layer's logits then
+    go through the same chunked statistics as the model's own
+    (:func:`~pytest_unlearn.forward.stats_from_logits`), one layer at a time.
     """
 
     def __init__(self, model, layers: list[int], n_layers: int, max_batches: int = 4):
@@ -125,8 +128,11 @@ class LensLogits:
             kwargs["logits_to_keep"] = keep
         out = model(**kwargs)
         self.forwards += 1
-        hidden = {l: out.hidden_states[l][:, -keep:, :] for l in self.layers if l < self.n_layers}
-        entry = (out.logits[:, -keep:, :], hidden)
+        # copies of the answer positions only: a slice (a view) would keep every layer's hidden
+        # states for the whole sequence alive as long as the entry is kept
+        hidden = {l: out.hidden_states[l][:, -keep:, :].clone() for l in self.layers if l < self.n_layers}
+        entry = (out.logits[:, -keep:, :].clone(), hidden)
+        del out
         self._entries[digest] = entry
         while len(self._entries) > self.max_batches:
             self._entries.popitem(last=False)

@@ -9,6 +9,21 @@ the training data, so the scorer's cache never mixes them up with the clean mode
 When ``ctx.cache`` is set the whole outcome is cached under the same ingredients
 plus the data, metric and prompt format, and a repeated run trains nothing.
 
+Within a session (one :class:`~pytest_unlearn.scoring.Scorer`, so one suite) an in-memory
+:class:`AttackMemo` goes further, with or without the result cache:
+
+* every outcome is kept by the same key as the result cache, so repeating an assertion
+  neither trains nor scores again (also under ``--unlearn-no-cache``);
+* relearning's *training outcome* is kept per fold, keyed by the model's fingerprint, the
+  attack spec and version, the seed, the fold's training data, the prompt format, device and
+  dtype, but **not the metric**: switching an assertion from ``es`` to ``prob``, scoring a
+  control, or generating for a failure message applies the kept weights instead of training
+  again.  What is kept is the trained tensors themselves, on the CPU: for LoRA (the default
+  from 1B parameters) only the adapters (about 0.3% of the weights, ~40 MB at 7B per
+  fold); for full fine-tuning every floating-point parameter (one model's weights per fold).
+  Kept weights are capped at :data:`MEMO_FRACTION` of the host's memory; a fold over the cap is
+  not kept (and is trained again when needed), which the outcome's notes say.
+
 * ``quantize``: quantize-dequantize every ``Linear`` weight of the decoder layers
   (embeddings and the LM head stay, unless ``include_head``), score, restore.
 * ``relearn``: fine-tune on some forget facts and score the *other*, held-out ones
@@ -21,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -44,6 +60,7 @@ NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453
             0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
 NF4_BLOCK = 64
 LORA_AUTO_PARAMS = 1_000_000_000  # models with fewer parameters get full fine-tuning
+MEMO_FRACTION = 0.25  # share of the host's memory that kept fold weights may take
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".pq")
 
 
@@ -143,19 +160,99 @@ class WeightSnapshot:
                 p.requires_grad_(flag)
 
 
-def derived_fingerprint(model: "ModelHandle", spec: str, fold: int | str, seed: int, *extra) -> str:
-    """Fingerprint of an attacked copy: hash(model fingerprint, spec, fold, seed, extra)."""
-    return cache_key("attacked-model", model.fingerprint, spec, fold, int(seed), *extra)
+def derived_fingerprint(model: "ModelHandle", spec: str, fold: int | str, seed: int, *extra,
+                        version: str = "") -> str:
+    """Fingerprint of an attacked copy: hash(model fingerprint, spec, the attack's algorithm
+    version, fold, seed, extra)."""
+    return cache_key("attacked-model", model.fingerprint, spec, version, fold, int(seed), *extra)
 
 
 def _outcome_key(attack: Attack, metric, model, data, ctx, *extra) -> str:
     sc = ctx.scorer
-    return cache_key("attack-outcome", attack.spec, int(ctx.seed), model.fingerprint, data.content_hash,
-                     metric.name, sc.prompt_format(model).spec, sc.batch_size, str(model.device.type),
-                     str(model.dtype), *extra)
+    return cache_key("attack-outcome", attack.spec, getattr(attack, "version", ""), int(ctx.seed),
+                     model.fingerprint, data.content_hash, metric.name, sc.prompt_format(model).spec,
+                     sc.batch_size, str(model.device.type), str(model.dtype), *extra)
+
+
+# ---------------------------------------------------------------- the session memo
+
+def _host_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 16 GiB
+        return 16 * 2**30
+
+
+class AttackMemo:
+    """Weight-attack results kept in memory for one session (see the module docstring).
+
+    ``outcomes``: attack outcomes by outcome key (metric included); ``trained``: per relearn
+    fold, the trained tensors (CPU) by name, keyed without the metric.  ``trainings`` counts
+    the folds trained, ``applied`` the folds served from the memo.  ``budget`` caps the
+    bytes of kept tensors (default :data:`MEMO_FRACTION` of the host's memory).
+    """
+
+    def __init__(self, budget: int | None = None):
+        self.budget = int(budget) if budget is not None else int(MEMO_FRACTION * _host_memory_bytes())
+        self.outcomes: dict[str, AttackOutcome] = {}
+        self.trained: dict[str, dict[str, "torch.Tensor"]] = {}
+        self.bytes = 0
+        self.trainings = 0
+        self.applied = 0
+        self.not_kept = 0
+
+    def outcome(self, key: str) -> AttackOutcome | None:
+        hit = self.outcomes.get(key)
+        if hit is None:
+            return None
+        return AttackOutcome(np.array(hit.values, dtype=np.float64, copy=True),
+                             {"training_steps": 0, "memoised": True}, list(hit.details or []) or None,
+                             None, list(hit.notes), excluded=hit.excluded)
+
+    def keep_outcome(self, key: str, outcome: AttackOutcome) -> None:
+        self.outcomes[key] = AttackOutcome(np.array(outcome.values, dtype=np.float64, copy=True), {},
+                                           list(outcome.details or []) or None, None, list(outcome.notes),
+                                           excluded=outcome.excluded)
+
+    def keep_weights(self, key: str, named: Sequence[tuple[str, "torch.Tensor"]]) -> bool:
+        """Keep CPU copies of ``named`` tensors under ``key``, unless over the budget."""
+        size = sum(t.numel() * t.element_size() for _, t in named)
+        if self.bytes + size > self.budget:
+            self.not_kept += 1
+            return False
+        self.trained[key] = {n: t.detach().to("cpu", copy=True) for n, t in named}
+        self.bytes += size
+        return True
+
+    def clear(self) -> None:
+        self.outcomes.clear()
+        self.trained.clear()
+        self.bytes = 0
+
+
+_MEMOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def memo_for(scorer) -> AttackMemo:
+    """The :class:`AttackMemo` of a session: one per :class:`~pytest_unlearn.scoring.Scorer`
+    (a suite has one scorer), created on first use and freed with the scorer."""
+    memo = _MEMOS.get(scorer)
+    if memo is None:
+        memo = _MEMOS[scorer] = AttackMemo()
+    return memo
+
+
+def release_memo(scorer) -> None:
+    """Drop the session memo of ``scorer`` (its kept fold weights)."""
+    memo = _MEMOS.pop(scorer, None)
+    if memo is not None:
+        memo.clear()
 
 
 def _cached(ctx: AttackContext, key: str) -> AttackOutcome | None:
+    hit = memo_for(ctx.scorer).outcome(key)
+    if hit is not None:
+        return hit
     if ctx.cache is None or not ctx.cache.enabled:
         return None
     hit = ctx.cache.get(key)
@@ -169,6 +266,7 @@ def _cached(ctx: AttackContext, key: str) -> AttackOutcome | None:
 
 
 def _store(ctx: AttackContext, key: str, outcome: AttackOutcome) -> None:
+    memo_for(ctx.scorer).keep_outcome(key, outcome)
     if ctx.cache is not None and ctx.cache.enabled:
         ctx.cache.put(key, {"values": np.asarray(outcome.values, dtype=np.float64),
                             "details": np.array(outcome.details or [""] * len(outcome.values), dtype=str),
@@ -184,6 +282,7 @@ class Quantize(Attack):
 
     name = "quantize"
     kind = "weight"
+    version = "quantize-v1"  # part of every cache key: bump when the quantizers change
     cost_hint = "one pass over the Linear weights plus one scoring pass; a CPU copy of those weights"
     PARAMS = (Param("bits", 4, as_int(choices=(4, 8)), "4 or 8"),
               Param("method", "rtn", as_choice("rtn", "nf4"),
@@ -229,7 +328,8 @@ class Quantize(Attack):
             with torch.no_grad():
                 for _, w, transposed in targets:
                     w.copy_(self.quantize(w.t()).t() if transposed else self.quantize(w))
-            yield (model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed),
+            yield (model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed,
+                                                                   version=self.version),
                                 name=f"{model.name} [{self.spec}]"), targets)
         finally:
             snapshot.restore()
@@ -288,30 +388,62 @@ def as_lora(value):
 
 
 def train_answers(model, handle: "ModelHandle", train: "Dataset", ctx: AttackContext, *, steps: int,
-                  lr: float, batch_size: int, seed: int, desc: str = "relearn") -> None:
+                  lr: float, batch_size: int, seed: int, desc: str = "relearn", free: int | None = None) -> None:
     """AdamW on the answer-only NLL of ``train`` (encoded exactly as for scoring), seeded;
     gradients clipped to norm 1; the parameters that require grad are trained (half-precision
-    ones through float32 master copies, so that small updates do not round away)."""
+    ones through float32 master copies, so that small updates do not round away).
+
+    Memory: the loss applies the LM head to the answer positions only; on CUDA, training that
+    cannot fit is refused before the first step (:func:`~pytest_unlearn.training.check_training_fits`,
+    ``free`` overrides the measured free memory), gradient checkpointing is on, and a step that
+    runs out of memory is run again as gradient-accumulated micro-batches of half the size
+    (the same step: the mean loss over the same samples)."""
     import torch
 
-    from ..training import MasterAdamW, collate, pad_id, seeded_batches, sequence_nll
+    from ..batching import is_out_of_memory
+    from ..training import (MasterAdamW, check_training_fits, collate, gradient_checkpointing, pad_id,
+                            seeded_batches, sequence_nll)
 
     encoded = ctx.scorer.encode(handle, dataset_parts(train))
     device = handle.device
     params = [p for p in model.parameters() if p.requires_grad]
+    on_cuda = device.type == "cuda"
+    check_training_fits(model, params, device, what=f"attack relearn ({desc})", batch_size=batch_size,
+                        tokens=max(len(e.input_ids) for e in encoded), checkpointing=on_cuda, free=free,
+                        remedy="relearn with LoRA (relearn:lora=true) or a smaller batch (relearn:batch_size=1)")
     opt = MasterAdamW(params, lr, weight_decay=0.0, max_grad_norm=1.0)
     batches = seeded_batches(len(encoded), batch_size, steps, seed)
     if ctx.progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, total=steps, desc=desc, unit="step", leave=False)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    pad = pad_id(handle.tokenizer)
+    pieces = 1  # micro-batches per step (doubled on an out-of-memory error)
+
+    def backward(idx: list[int]) -> None:
+        if pieces == 1:
+            sequence_nll(model, collate(encoded, idx, pad, device)).mean().backward()
+            return
+        for part in np.array_split(np.asarray(idx), min(pieces, len(idx))):
+            (sequence_nll(model, collate(encoded, part.tolist(), pad, device)).sum() / len(idx)).backward()
+
+    with torch.random.fork_rng(devices=[device] if on_cuda else []), gradient_checkpointing(model, on_cuda):
         torch.manual_seed(seed)
         model.train()
         try:
             for idx in batches:
-                loss = sequence_nll(model, collate(encoded, idx, pad_id(handle.tokenizer), device)).mean()
-                opt.zero_grad()
-                loss.backward()
+                while True:
+                    opt.zero_grad()
+                    try:
+                        backward(idx)
+                        break
+                    except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                        if not is_out_of_memory(exc) or pieces >= len(idx):
+                            raise
+                        opt.zero_grad()
+                        del exc
+                        if on_cuda:
+                            torch.cuda.empty_cache()
+                        pieces *= 2
                 opt.step()
         finally:
             model.eval()
@@ -354,6 +486,7 @@ class Relearn(Attack):
 
     name = "relearn"
     kind = "weight"
+    version = "relearn-v1"  # part of every cache key: bump when training changes
     cost_hint = "steps x folds optimizer steps plus one scoring pass; a CPU copy of the weights"
     PARAMS = (Param("steps", 20, as_int(1, 1_000_000), "optimizer steps per fold"),
               Param("lr", 1e-4, as_float(0.0, 1.0, lo_open=True), "AdamW learning rate"),
@@ -409,25 +542,52 @@ class Relearn(Attack):
         n_params = sum(p.numel() for p in model.model.parameters())
         return self.lora if self.lora != "auto" else n_params >= LORA_AUTO_PARAMS
 
-    def _trained_folds(self, model: "ModelHandle", plan, ctx: AttackContext, only: "set[int] | None" = None
-                       ) -> Iterator[tuple[str, np.ndarray, "ModelHandle"]]:
-        """Per fold (only those scoring a row in ``only``, when given): train, yield (fold,
-        rows, the trained model's handle), restore.  Seeds depend on the fold's place in
-        the plan, so a fold trained again gives the same weights."""
+    def _fold_key(self, model: "ModelHandle", ctx: AttackContext, k: int, train: "Dataset", prompt: str,
+                  use_lora: bool) -> str:
+        """The key of one fold's training outcome: everything that decides the trained weights
+        (not the metric, nor the data scored)."""
+        return cache_key("relearn-fold", self.version, model.fingerprint, self.spec, int(ctx.seed), k,
+                         train.content_hash, prompt, str(model.device.type), str(model.dtype), use_lora)
+
+    def _trained_folds(self, model: "ModelHandle", plan, ctx: AttackContext, only: "set[int] | None" = None,
+                       notes: "list[str] | None" = None) -> Iterator[tuple[str, np.ndarray, "ModelHandle"]]:
+        """Per fold (only those scoring a row in ``only``, when given): train (or apply the
+        weights the session memo kept from an earlier training), yield (fold, rows, the trained
+        model's handle), restore.  Seeds depend on the fold's place in the plan, so a fold
+        trained again gives the same weights."""
+        import torch
+
         prompt = ctx.scorer.prompt_format(model).spec
         use_lora = self._use_lora(model)
+        memo = memo_for(ctx.scorer)
         snapshot = None if use_lora else WeightSnapshot(list(model.model.parameters()))
         try:
             for k, (fold, rows, train, _) in enumerate(plan):
                 if only is not None and not only.intersection(int(i) for i in rows):
                     continue
                 seed = (int(ctx.seed) * 1000 + k) & 0x7FFF_FFFF_FFFF
+                key = self._fold_key(model, ctx, k, train, prompt, use_lora)
                 with _trainable(model.model, use_lora, seed) as trainable:
-                    train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
-                                  batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
+                    named = [(n, p) for n, p in trainable.named_parameters() if p.requires_grad]
+                    kept = memo.trained.get(key)
+                    if kept is not None and set(kept) == {n for n, _ in named}:
+                        with torch.no_grad():
+                            for n, p in named:
+                                p.copy_(kept[n])
+                        memo.applied += 1
+                    else:
+                        train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
+                                      batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
+                        memo.trainings += 1
+                        if not memo.keep_weights(key, named) and notes is not None:
+                            gib = sum(p.numel() * p.element_size() for _, p in named) / 2**30
+                            notes.append(f"relearn: the weights trained for {fold} ({gib:.1f} GiB) exceed the "
+                                         "session memo's budget and were not kept: another metric under this "
+                                         "attack trains them again (use lora=true to keep only adapters)")
                     yield fold, rows, model.derive(trainable, name=f"{model.name} [{self.spec} {fold}]",
                                                    fingerprint=derived_fingerprint(model, self.spec, fold, ctx.seed,
-                                                                                   train.content_hash, prompt))
+                                                                                   train.content_hash, prompt,
+                                                                                   version=self.version))
                 if snapshot is not None:
                     snapshot.restore()
         finally:
@@ -435,8 +595,9 @@ class Relearn(Attack):
                 snapshot.restore()
 
     def generate(self, model, data, rows, ctx, outcome=None):
-        """Greedy answers of the relearned model: each row's fold is trained again (same
-        seed, same weights), the row generated, the weights restored."""
+        """Greedy answers of the relearned model: each row's fold weights are applied from the
+        session memo (or trained again: same seed, same weights), the row generated, the
+        weights restored."""
         from ..models import require_in_memory
 
         require_in_memory(model.model, f"attack {self.spec}")
@@ -459,7 +620,10 @@ class Relearn(Attack):
         use_lora = self._use_lora(model)
         values = np.full(len(data), np.nan)
         details = [""] * len(data)
-        for fold, rows, handle in self._trained_folds(model, plan, ctx):
+        memo = memo_for(ctx.scorer)
+        trainings = memo.trainings
+        memo_notes: list[str] = []
+        for fold, rows, handle in self._trained_folds(model, plan, ctx, notes=memo_notes):
             subset = data if len(rows) == len(data) else data.subset(rows)
             values[rows] = ctx.scorer.per_sample(metric, handle, subset)
             for i in rows:
@@ -476,7 +640,10 @@ class Relearn(Attack):
         if excluded:
             notes.append(f"relearn: {excluded} training row(s) left out: their answer equals one the fold is "
                          "scored on")
-        outcome = AttackOutcome(values, {"training_steps": self.steps * len(plan)}, details, None, notes,
-                                excluded=excluded)
+        trained = memo.trainings - trainings
+        notes += memo_notes
+        # folds whose weights came from the session memo (trained earlier for another metric or test)
+        outcome = AttackOutcome(values, {"training_steps": self.steps * trained, "reused_folds": len(plan) - trained},
+                                details, None, notes, excluded=excluded)
         _store(ctx, key, outcome)
         return outcome
