@@ -394,3 +394,20 @@ def test_quantize_generates_on_the_quantized_weights_and_restores(good):
     assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
     assert [t.startswith(a) for t, a in zip(texts, data.answers)] == [bool(e == 1.0) for e in es]
     assert texts != good.scorer.generate(model, dataset_parts(data))
+
+
+def test_the_summary_shows_the_score_that_counted_under_the_reference_rule():
+    """An attack row whose raw score is above the threshold but whose samples the reference
+    explains reads 'ok': the summary shows the counted score beside the raw one."""
+    from pytest_unlearn.reporting import summary_lines
+
+    record = {"test": "t.py::test_gate", "kind": "forgotten", "metric": "es", "verdict": "pass",
+              "score": 0.16, "threshold": 0.17, "direction": "higher", "model": {"name": "unlearned"},
+              "attacks": [{"attack": "none", "score": 0.16, "counted": 0.16, "verdict": "ok"},
+                          {"attack": "relearn:on=forget", "score": 0.41, "counted": 0.16,
+                           "explained_by_reference": 8, "verdict": "ok"},
+                          {"attack": "paraphrase", "score": 0.12, "counted": 0.12,
+                           "explained_by_reference": 0, "verdict": "ok"}]}
+    text = "\n".join(summary_lines([record], []))
+    assert "0.4100 (0.1600 counted)" in text
+    assert "0.1200 (" not in text  # nothing set aside: the score alone
