@@ -536,7 +536,7 @@ def split_attack_list(text: str | Sequence[str] | None) -> list[str]:
     names = set(ATTACKS.names())
     specs: list[str] = []
     for piece in pieces:
-        name = piece.split(":", 1)[0].strip()
+        name = piece.split(":", 1)[0].split("+", 1)[0].strip()  # a chain starts with its first step's name
         if not piece.strip():
             continue
         if name in names or not specs:

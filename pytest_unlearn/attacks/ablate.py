@@ -149,9 +149,10 @@ def ablation_direction(ctx: AttackContext, model: "ModelHandle", forget_parts: S
     ``layer``, and the norm of the difference before normalising."""
     diff = _last_token_means(ctx, model, forget_parts, layer) - _last_token_means(ctx, model, retain_parts, layer)
     norm = float(diff.norm())
-    if not norm > 0:
-        raise AttackError("ablate: forget and retain prompts have the same mean activation; there is no "
-                          "direction to ablate")
+    if not norm > 1e-6 * max(1.0, float(diff.abs().max())) or not norm > 0:
+        raise AttackError(f"ablate: forget and retain prompts have the same mean activation at layer {layer} "
+                          "(at layer 0, the embeddings, the last prompt token is the same template token for "
+                          "every prompt); there is no direction to ablate: choose a later layer")
     return (diff / norm).float(), norm
 
 

@@ -368,7 +368,8 @@ def _cached(ctx, key: str, base) -> AttackOutcome | None:
     parts = [p.with_(question=p.question + s) for p, s in zip(base, suffixes)]
     return AttackOutcome(np.asarray(hit["values"], dtype=np.float64), {"cached": True},
                          [str(d) for d in hit["details"]], [describe(p) for p in parts],
-                         [str(x) for x in hit["notes"]] + ["result read from the attack cache"], parts=parts)
+                         [str(x) for x in hit["notes"]] + ["result read from the attack cache"], parts=parts,
+                         excluded=int(hit["excluded"]))
 
 
 def _store(ctx, key: str, outcome: AttackOutcome, suffixes: list[str]) -> None:
@@ -376,4 +377,5 @@ def _store(ctx, key: str, outcome: AttackOutcome, suffixes: list[str]) -> None:
         ctx.cache.put(key, {"values": np.asarray(outcome.values, dtype=np.float64),
                             "details": np.array(outcome.details, dtype=str),
                             "notes": np.array(outcome.notes, dtype=str),
-                            "suffixes": np.array(suffixes, dtype=str)})
+                            "suffixes": np.array(suffixes, dtype=str),
+                            "excluded": np.array(int(outcome.excluded), dtype=np.int64)})
