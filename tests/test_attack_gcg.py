@@ -160,3 +160,52 @@ def test_gcg_after_relearn_in_a_chain(world, unlearned):
                      make_ctx(world))
     assert_unchanged(unlearned.model, before)
     assert all(";" in d and "suffix" in d for d in out.details) and np.isfinite(out.values).all()
+
+
+@pytest.mark.parametrize("spec", ["gcg:steps=3,candidates=4", "ablate", "quantize:8+paraphrase",
+                                  "relearn:steps=1,folds=2+logit_lens:layers=1"])
+def test_new_attacks_run_on_multiple_choice_rows(spec):
+    """gcg, ablate and chains on WMDP/MMLU-style rows scored with mc_prob: aligned, in (0, 1),
+    weights restored."""
+    from test_multiple_choice import ROWS
+
+    from pytest_unlearn import multiple_choice as MC
+    from pytest_unlearn.attacks import AttackContext
+    from pytest_unlearn.data import dataset_from_records
+    from pytest_unlearn.models import handle_from_objects
+    from pytest_unlearn.scoring import Scorer
+    from pytest_unlearn.toy import tiny_llama, tiny_tokenizer
+
+    texts = [MC.letter_prompt(r["question"], r["choices"], r.get("subject")) + " A B C D E" for r in ROWS]
+    texts += [MC.text_prompt(r["question"], r.get("subject")) + " " + c for r in ROWS for c in r["choices"]]
+    tok = tiny_tokenizer(texts * 3, vocab_size=420)
+    model = tiny_llama(tok, seed=4)
+    handle = handle_from_objects(model, tok)
+    rows = [dict(r, paraphrased_question="In other words: " + r["question"]) for r in ROWS]
+    data = dataset_from_records(rows, name="mc")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    retain = dataset_from_records(rows[4:], name="mc-retain")
+    ctx = AttackContext(scorer=Scorer(prompt="plain"), original=handle, forget=data, retain=retain)
+    out = run_attack(spec, "mc_prob", handle, data, ctx)
+    values = np.asarray(out.values)
+    assert values.shape == (len(ROWS),) and np.all((values > 0) & (values < 1))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_suffix_is_in_the_failure_message_and_the_report(toy_world, unlearned):
+    from pytest_unlearn import assert_forgotten
+    from pytest_unlearn.suite import Suite
+
+    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"],
+                             retain=toy_world["retain"], cache_dir=None)
+    with pytest.raises(AssertionError) as info:
+        assert_forgotten("es", 0.01, under_attack=[FAST], model=unlearned, suite=suite)
+    message = str(info.value)
+    record = info.value.result.record
+    row = [r for r in record["attacks"] if r["attack"] == FAST][0]
+    suffixes = [n for n in row["notes"] if "suffix '" in n]
+    assert len(suffixes) == 2 and all(n in message for n in suffixes)
+    shown = [s for s in record["worst_samples"] if s["attack"] == FAST]
+    assert shown and all("suffix" in s["detail"] for s in shown)
+    assert all(s["generated_under"] == FAST for s in shown)  # generated from the attacked prompt
+    suite.close()
