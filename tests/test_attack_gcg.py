@@ -190,6 +190,17 @@ def test_new_attacks_run_on_multiple_choice_rows(spec):
     values = np.asarray(out.values)
     assert values.shape == (len(ROWS),) and np.all((values > 0) & (values < 1))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    if spec.startswith("gcg"):  # optimised for the metric's own prompt: the correct letter after it
+        from pytest_unlearn.metrics import get_metric
+
+        scorer, makers = GCG.objective(get_metric("mc_prob"), handle, data, ctx)
+        first = makers[0](" zz")
+        assert first.question == MC.letter_prompt(rows[0]["question"] + " zz", rows[0]["choices"],
+                                                  rows[0].get("subject"))
+        assert first.answer == "ABCDE"[data.frame["answer_index"][0]] and scorer.prompt.kind == "format"
+        text = GCG.objective(get_metric("mc_acc_text"), handle, data, ctx)[1][1](" zz")
+        assert text.answer == rows[1]["choices"][data.frame["answer_index"][1]]
+        assert sum("->" in n for n in out.notes if "suffix '" in n) == 2
 
 
 def test_the_suffix_is_in_the_failure_message_and_the_report(toy_world, unlearned):

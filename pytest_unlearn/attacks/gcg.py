@@ -159,9 +159,9 @@ class GCG(Attack):
         raise AttackError(f"attack {self.spec}: found no token that repeats {self.length} times and re-tokenises "
                           "to itself; try another length")
 
-    def _layouts(self, ctx, model, parts, suffix: list[int]) -> list[_Layout | None]:
+    def _layouts(self, scorer, model, parts, suffix: list[int]) -> list[_Layout | None]:
         text = model.tokenizer.decode(suffix)
-        encoded = ctx.scorer.encode(model, [p.with_(question=p.question + text) for p in parts])
+        encoded = scorer.encode(model, [make(text) for make in parts])
         out = []
         for e in encoded:
             s = _find(e.input_ids, suffix, e.answer_start)
@@ -245,10 +245,19 @@ class GCG(Attack):
         counter["backward"] += 1
         return float(loss.detach()), onehot.grad.detach().float().cpu()
 
-    def optimise(self, model: "ModelHandle", parts, ctx, seed: int, counter: dict | None = None
-                 ) -> tuple[list[int], float, float, int]:
+    def optimise(self, model: "ModelHandle", parts, ctx, seed: int, counter: dict | None = None, *,
+                 scorer=None) -> tuple[list[int], float, float, int]:
         """The suffix found for the training ``parts``: (token ids, loss before, loss after,
-        samples used).  The loss is the mean answer NLL over every usable training sample."""
+        samples used).  The loss is the mean answer NLL over every usable training sample.
+
+        ``parts`` are PromptParts (the suffix is appended to the question) or functions from
+        the suffix text to the PromptParts to optimise (multiple-choice prompts), encoded
+        with ``scorer`` (default: ``ctx.scorer``)."""
+        from ..prompts import PromptParts
+
+        parts = [(lambda text, p=p: p.with_(question=p.question + text)) if isinstance(p, PromptParts) else p
+                 for p in parts]
+        scorer = scorer if scorer is not None else ctx.scorer
         import torch
 
         from ..training import pad_id, seeded_batches
@@ -259,7 +268,7 @@ class GCG(Attack):
         emb = lm.get_input_embeddings().weight
         allowed = allowed_tokens(tok, emb.shape[0])
         suffix = self._initial(tok, allowed)
-        layouts = [lay for lay in self._layouts(ctx, model, parts, suffix) if lay is not None]
+        layouts = [lay for lay in self._layouts(scorer, model, parts, suffix) if lay is not None]
         if not layouts:
             raise AttackError(f"attack {self.spec}: the suffix merges with the prompt's tokens in every training "
                               "sample, so it cannot be optimised token by token")
@@ -303,6 +312,30 @@ class GCG(Attack):
         return suffix, before, after, len(layouts)
 
     # ------------------------------------------------------------ running
+    @staticmethod
+    def objective(metric, model, data, ctx):
+        """(scorer, per row a function from the suffix text to the PromptParts whose answer the
+        suffix is optimised for).  QA and text rows: the suffix ends the question and the answer
+        is the row's.  Multiple-choice rows under a multiple-choice metric: the metric's own
+        prompt (lm-eval's letter prompt with the correct letter as the answer for ``mc_acc`` /
+        ``mc_prob``, the continuation prompt with the correct choice's text for
+        ``mc_acc_text``), the suffix ending the question inside it."""
+        base = dataset_parts(data)
+        if metric.source != "multiple_choice":
+            return ctx.scorer, [(lambda text, p=p: p.with_(question=p.question + text)) for p in base]
+        from ..multiple_choice import LETTERS, _rows, _scorer_for, letter_prompt, text_prompt
+
+        choices, answers, subjects = _rows(data, metric)
+        makers = []
+        for p, c, a, subject in zip(base, choices, answers, subjects):
+            if metric.name == "mc_acc_text":
+                makers.append(lambda text, p=p, c=c, a=a, subject=subject: p.with_(
+                    question=text_prompt(p.question + text, subject), answer=c[a]))
+            else:
+                makers.append(lambda text, p=p, c=c, a=a, subject=subject: p.with_(
+                    question=letter_prompt(p.question + text, c, subject), answer=LETTERS[a]))
+        return _scorer_for(ctx.scorer, model), makers
+
     def _run(self, metric, model, data, ctx):
         from .weight_attacks import _outcome_key, forget_folds
 
@@ -320,6 +353,7 @@ class GCG(Attack):
         if hit is not None:
             return hit
         folds = forget_folds(n, self.folds, seed)
+        scorer, makers = self.objective(metric, model, data, ctx)
         suffixes = [""] * n
         details = [""] * n
         notes = []
@@ -336,7 +370,8 @@ class GCG(Attack):
                                   "is scored on; optimising on them would teach the scored facts themselves")
             train = np.array(kept)
             fold_seed = (seed * 1000 + k) & 0x7FFF_FFFF_FFFF
-            ids, before, after, used = self.optimise(model, [base[i] for i in train], ctx, fold_seed, counter)
+            ids, before, after, used = self.optimise(model, [makers[i] for i in train], ctx, fold_seed, counter,
+                                                     scorer=scorer)
             text = model.tokenizer.decode(ids)
             label = f"fold {k + 1}/{self.folds}"
             for i in rows:
