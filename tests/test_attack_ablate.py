@@ -157,3 +157,18 @@ def test_ablate_then_logit_lens(world, rmu_model):
     alone = run_attack("ablate", "es", rmu_model, data, ctx).values
     assert_unchanged(rmu_model.model, before)
     assert np.all(chained >= alone)
+
+
+def test_relearning_plus_probing_recovers_more_than_either_alone(world, rmu_model):
+    """The paper's relearning + probing on the RMU model: the relearned model's intermediate
+    layers hold more than its output (relearn alone) or the unlearned model's layers
+    (logit_lens alone); on the never-knew reference the chain injects nothing."""
+    data = world["forget"]
+    ctx = make_ctx(world)
+    relearn = "relearn:steps=5,lr=1e-3"
+    chain = run_attack(relearn + "+logit_lens", "es", rmu_model, data, ctx).values.mean()
+    alone = {s: run_attack(s, "es", rmu_model, data, ctx).values.mean() for s in (relearn, "logit_lens")}
+    assert chain > max(alone.values()) + 0.1, (chain, alone)
+    ref = world["reference"]
+    ref_clean = ctx.scorer.per_sample("es", ref, data).mean()
+    assert run_attack(relearn + "+logit_lens", "es", ref, data, ctx).values.mean() < ref_clean + 0.1
