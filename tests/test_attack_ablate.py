@@ -139,6 +139,26 @@ def test_gpt2_writers(world):
     assert_unchanged(handle.model, before)
 
 
+def test_against_a_file_of_other_prompts(world, rmu_model, tmp_path):
+    import json
+
+    path = tmp_path / "harmless.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in world["retain"].records()))
+    data = world["forget"]
+    same = run_attack(f"ablate:against={path}", "es", rmu_model, data, make_ctx(world, retain=None))
+    default = run_attack("ablate", "es", rmu_model, data, make_ctx(world))
+    np.testing.assert_array_equal(same.values, default.values)  # the same prompts: the same direction
+    assert "forget minus harmless.jsonl" in same.notes[0]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in world["retain"].records()[:5]))
+    assert parse_attack(f"ablate:against={other}").chain_extra(data, make_ctx(world)) != \
+        parse_attack(f"ablate:against={path}").chain_extra(data, make_ctx(world))
+    with pytest.raises(AttackError, match="does not exist"):
+        run_attack(f"ablate:against={tmp_path / 'missing.csv'}", "es", rmu_model, data, make_ctx(world))
+    with pytest.raises(AttackError, match="retain or a path"):
+        parse_attack("ablate:against=somewhere")
+
+
 def test_errors(world):
     data, model = world["forget"], world["original"]
     with pytest.raises(AttackError, match="no retain set"):

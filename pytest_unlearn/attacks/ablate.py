@@ -25,6 +25,8 @@ one pass over the residual-writing weights and a CPU copy of them, one scoring p
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -53,6 +55,20 @@ def as_layer(value):
         return as_int()(value)
     except ValueError:
         raise ValueError(f"expected middle or a layer number, got {value!r}") from None
+
+
+def as_against(value):
+    from .weight_attacks import DATA_SUFFIXES
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"expected retain or a data file path, got {type(value).__name__}")
+    text = os.fspath(value).strip()
+    if text.lower() == "retain":
+        return "retain"
+    if not text.lower().endswith(DATA_SUFFIXES):
+        raise ValueError(f"must be retain or a path to a {'/'.join(DATA_SUFFIXES)} data file (harmless or "
+                         f"unrelated prompts), got {text!r}")
+    return text
 
 
 def hidden_size(model) -> int:
@@ -165,7 +181,10 @@ class Ablate(Attack):
     cost_hint = ("one forward pass per batch of forget and retain prompts, one pass over the residual-writing "
                  "weights (and a CPU copy of them), one scoring pass")
     PARAMS = (Param("layer", "middle", as_layer,
-                    "middle (L // 2) or the residual stream after block l (0 = embeddings .. L; -1 = last)"),)
+                    "middle (L // 2) or the residual stream after block l (0 = embeddings .. L; -1 = last)"),
+              Param("against", "retain", as_against,
+                    "the prompts the forget prompts are contrasted with: retain (the retain set) or a data "
+                    "file of harmless or unrelated prompts"))
 
     def resolve_layer(self, n_layers: int) -> int:
         if self.layer == "middle":
@@ -177,9 +196,17 @@ class Ablate(Attack):
         return resolved
 
     def _retain(self, ctx: AttackContext) -> "Dataset":
+        if self.against != "retain":
+            from ..data import load_dataset
+
+            path = Path(self.against).expanduser()
+            if not path.is_file():
+                raise AttackError(f"attack {self.spec}: the contrast prompts file {str(path)!r} does not exist")
+            return load_dataset(path, name="ablate-against")
         if ctx.retain is None:
             raise AttackError(f"attack {self.spec}: the direction is forget minus retain activations, and there is "
-                              "no retain set; configure unlearn_retain / --unlearn-retain (or AttackContext(retain=...))")
+                              "no retain set; configure unlearn_retain / --unlearn-retain (or AttackContext(retain=...)), "
+                              "or give ablate:against=<file of harmless prompts>")
         return ctx.retain
 
     @contextlib.contextmanager
@@ -218,6 +245,8 @@ class Ablate(Attack):
             yield f"ablated at layer {info['layer']}/{info['n_layers']}", np.arange(len(data)), handle
 
     def chain_extra(self, data, ctx) -> list:
+        if self.against != "retain":
+            return [self._retain(ctx).content_hash]
         return [ctx.retain.content_hash if ctx.retain is not None else None]
 
     def generate(self, model, data, rows, ctx, outcome=None):
@@ -237,9 +266,10 @@ class Ablate(Attack):
         for _, _, how in info["targets"]:
             counts[kinds[how]] = counts.get(kinds[how], 0) + 1
         label = f"ablated at layer {info['layer']}/{info['n_layers']}"
-        notes = [f"ablate: direction = forget minus retain mean residual at layer {info['layer']} of "
-                 f"{info['n_layers']} (last prompt token; {info['n_forget']} forget and {info['n_retain']} retain "
-                 f"prompts; difference norm {info['norm']:.3g}), projected out of "
+        contrast = "retain" if self.against == "retain" else Path(self.against).name
+        notes = [f"ablate: direction = forget minus {contrast} mean residual at layer {info['layer']} of "
+                 f"{info['n_layers']} (last prompt token; {info['n_forget']} forget and {info['n_retain']} "
+                 f"{contrast} prompts; difference norm {info['norm']:.3g}), projected out of "
                  + ", ".join(f"{v} {k}{'s' if v > 1 else ''}" for k, v in counts.items())]
         outcome = AttackOutcome(values, {}, [label] * len(data), None, notes)
         _store(ctx, key, outcome)
