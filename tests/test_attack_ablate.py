@@ -60,7 +60,8 @@ def _direction_by_hand(handle, scorer, data, retain, layer):
         with torch.no_grad():
             for e in enc:
                 ids = torch.tensor([e.input_ids[:e.answer_start]])
-                states.append(handle.model(input_ids=ids, output_hidden_states=True).hidden_states[layer][0, -1].double())
+                out = handle.model(input_ids=ids, output_hidden_states=True)
+                states.append(out.hidden_states[layer][0, -1].double())
         return torch.stack(states).mean(0)
     diff = mean(data) - mean(retain)
     return diff / diff.norm()

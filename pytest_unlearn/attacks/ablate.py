@@ -204,9 +204,9 @@ class Ablate(Attack):
                 raise AttackError(f"attack {self.spec}: the contrast prompts file {str(path)!r} does not exist")
             return load_dataset(path, name="ablate-against")
         if ctx.retain is None:
-            raise AttackError(f"attack {self.spec}: the direction is forget minus retain activations, and there is "
-                              "no retain set; configure unlearn_retain / --unlearn-retain (or AttackContext(retain=...)), "
-                              "or give ablate:against=<file of harmless prompts>")
+            raise AttackError(f"attack {self.spec}: the direction is forget minus retain activations, and there "
+                              "is no retain set; configure unlearn_retain / --unlearn-retain (or "
+                              "AttackContext(retain=...)), or give ablate:against=<file of harmless prompts>")
         return ctx.retain
 
     @contextlib.contextmanager
