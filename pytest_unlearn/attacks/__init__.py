@@ -29,6 +29,6 @@ from .prompt_attacks import InContext, Jailbreak, Noise, Paraphrase, Prefill
 from .weight_attacks import Quantize, Relearn
 
 __all__ = ["ATTACKS", "Ablate", "Attack", "AttackContext", "AttackOutcome", "Chain", "GCG", "InContext",
-           "Jailbreak", "LogitLens", "Noise", "Param", "Paraphrase", "Prefill", "Quantize", "Relearn", "attack_is_uninformative",
-           "judged_by_control", "knowledge_kept", "normalise_answer",
+           "Jailbreak", "LogitLens", "Noise", "Param", "Paraphrase", "Prefill", "Quantize", "Relearn",
+           "attack_is_uninformative", "judged_by_control", "knowledge_kept", "normalise_answer",
            "parse_attack", "register_attack", "run_attack", "split_chain", "worst_case"]
