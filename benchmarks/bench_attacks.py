@@ -10,8 +10,9 @@ facts (``example_suites/smollm2/.models/original``, built by
 format, float32 on the CPU, the scorer's default batch size.
 
 The attacks are every name in the attack registry (``pytest_unlearn.attacks.ATTACKS``) at
-its default parameters, plus the variants of ``VARIANTS`` (``quantize:8``, 4-bit NF4,
-``relearn:steps=10``).  For each one the script times ``attack.run(metric, model, forget,
+its default parameters (``gcg`` and ``ablate`` included), plus the variants of ``VARIANTS``
+(``quantize:8``, 4-bit NF4, ``relearn:steps=10``, and the chains ``quantize:4+paraphrase``
+and ``relearn+logit_lens``).  For each one the script times ``attack.run(metric, model, forget,
 ctx)`` with a fresh ``Scorer`` without a cache and ``AttackContext(cache=None)``, so every
 forward pass and every training step really runs, and compares it with the median of
 ``--repeat`` plain scoring passes of the same metric on the same set (also uncached; the
@@ -46,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 # parameter variants run besides each registered attack's defaults (names not registered are skipped)
 # (a variant equal to the defaults, such as quantize:4, just names that run more explicitly)
 VARIANTS = {
-    "quantize": ["quantize:4", "quantize:8", "quantize:4,method=nf4"],
-    "relearn": ["relearn:steps=10"],
+    "quantize": ["quantize:4", "quantize:8", "quantize:4,method=nf4", "quantize:4+paraphrase"],
+    "relearn": ["relearn:steps=10", "relearn+logit_lens"],
 }
 KIND_ORDER = {"prompt": 0, "representation": 1, "weight": 2}
 # cheap untimed runs before the measurements, so that the first weight attack does not pay the
@@ -107,6 +108,18 @@ def describe(attack, outcome, handle, passes: float, token_factor: float, plain_
     """What the measured cost consists of (from the attack's parameters and the counts of this run)."""
     kind, name = attack.kind, attack.name
     longer = f", {token_factor:.1f}x the tokens per sample" if abs(token_factor - 1) >= 0.05 else ""
+    if name == "gcg":
+        fw, bw = outcome.cost.get("gcg_forward_passes", 0), outcome.cost.get("gcg_backward_passes", 0)
+        return (f"{attack.folds} folds x {attack.steps} steps: {fw} batched forward passes ({attack.candidates} "
+                f"candidates x {attack.batch_size} samples per step, plus the loss before and after) + {bw} "
+                f"forward-backward passes + {passes:g} scoring pass{longer}")
+    if "+" in name:
+        steps = outcome.cost.get("training_steps", 0)
+        return (f"{attack.steps[0].name} ({steps} AdamW steps)" if steps else attack.steps[0].name) + \
+            f", then {attack.rest.name} on each variant of the attacked weights (samples scored: {passes:g}x the set)"
+    if name == "ablate":
+        return ("forget + retain prompts once with hidden states, snapshot + projection of the residual-writing "
+                f"weights + {passes:g} scoring pass + restore")
     if kind == "prompt":
         return f"{passes:g} scoring pass{'' if passes == 1 else 'es'} on rewritten prompts{longer}"
     if name == "quantize":

@@ -68,6 +68,8 @@ TOL = 0.05
 AUDIT_METRICS = ["es", "em", "prob", "ppl", "truth_ratio", "mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_pp"]
 AUDIT_ATTACKS = ["paraphrase", "quantize:4", "relearn:steps=3,batch_size=4"]
 QUICK_ATTACKS = ["paraphrase"]
+# the paper's strongest attacks, audited with --attacks (not part of the default run)
+STRONG_ATTACKS = ["gcg", "relearn:steps=3,batch_size=4+logit_lens"]
 AUDIT_RETAIN_ROWS = 20
 BROKEN_FRACTION = 0.5  # a checkpoint whose retain ES is below this fraction of the original's is "broken"
 
@@ -115,6 +117,14 @@ def ensure_original(build: bool) -> None:
     module.build(only=["reference", "original"])
 
 
+def _attacks(args) -> list[str]:
+    from pytest_unlearn.audit import split_attack_list
+
+    if args.attacks:
+        return split_attack_list(args.attacks)
+    return QUICK_ATTACKS if args.quick else AUDIT_ATTACKS
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(MODELS / "reproduction"), help="checkpoints, caches, runs.jsonl")
@@ -125,6 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-compare", action="store_true", help="audit the checkpoints already saved")
     parser.add_argument("--no-build", action="store_true", help="never build the original; fail if missing")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attacks", default=None,
+                        help="audit these attacks instead of the default three (comma-separated specs, e.g. "
+                             f"'{','.join(STRONG_ATTACKS)}'); results under <out>/audit-attacks")
     args = parser.parse_args(argv)
 
     import torch
@@ -146,7 +159,7 @@ def main(argv=None) -> int:
                      "torch": torch.__version__, "python": platform.python_version(),
                      "load_average_at_start": list(os.getloadavg()), "quick": args.quick, "seed": args.seed,
                      "grid": QUICK_GRID if args.quick else GRID, "tau": TAU, "tol": TOL,
-                     "attacks": QUICK_ATTACKS if args.quick else AUDIT_ATTACKS, "metrics": AUDIT_METRICS,
+                     "attacks": _attacks(args), "metrics": AUDIT_METRICS,
                      "audit_retain_rows": AUDIT_RETAIN_ROWS, "timings_s": {}}
     log(f"{threads} torch thread(s); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
@@ -190,13 +203,14 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         frame = retain.frame.iloc[:AUDIT_RETAIN_ROWS].drop(columns=["perturbed_answer"], errors="ignore")
         retain_rows = Dataset(frame.reset_index(drop=True), retain.kind, name="retain", source=retain.source)
-        attacks = QUICK_ATTACKS if args.quick else AUDIT_ATTACKS
+        attacks = _attacks(args)
+        audit_name = "audit-attacks" if args.attacks else "audit"
         log(f"audit: {len(checkpoints)} checkpoints + the original as control; metrics {', '.join(AUDIT_METRICS)}; "
             f"attacks {', '.join(attacks)}; forget {len(forget)} rows, retain {len(retain_rows)} rows")
         result = audit_metrics(original, checkpoints, forget, retain_rows, metrics=AUDIT_METRICS, attacks=attacks,
                                scorer=scorer, seed=args.seed, progress=True, device="cpu", dtype="float32")
         summary["timings_s"]["audit"] = round(time.perf_counter() - t, 1)
-        result.save(out / "audit")
+        result.save(out / audit_name)
         summary["audit"] = {"recommendation": result.recommendation, "ranking": _records(result.ranking),
                             "table": _records(result.table), "notes": result.notes,
                             "checkpoints": [c["name"] for c in result.checkpoints]}
@@ -209,7 +223,7 @@ def main(argv=None) -> int:
             broken = [c for c in before.index if c != "original" and before[c] < BROKEN_FRACTION * before["original"]]
             if broken:
                 refit = result.without(broken)
-                refit.save(out / "audit-without-broken")
+                refit.save(out / f"{audit_name}-without-broken")
                 summary["audit_without_broken"] = {"dropped": broken, "recommendation": refit.recommendation,
                                                    "ranking": _records(refit.ranking), "table": _records(refit.table)}
                 log(f"re-fitted without {len(broken)} broken checkpoint(s) {broken}: "
@@ -221,7 +235,7 @@ def main(argv=None) -> int:
     parts = [f"# SmolLM2-135M reproduction ({summary['started']})", "",
              f"threads {threads}, torch {torch.__version__}, load average at start "
              f"{summary['load_average_at_start'][0]:.1f}, timings (s): {summary['timings_s']}", ""]
-    for name in ("comparison/comparison.md", "audit/audit.md"):
+    for name in ("comparison/comparison.md", "audit/audit.md", "audit-attacks/audit.md"):
         if (out / name).is_file():
             parts.append((out / name).read_text(encoding="utf-8"))
     (out / "summary.md").write_text("\n".join(parts), encoding="utf-8")

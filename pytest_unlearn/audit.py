@@ -18,7 +18,8 @@ suite's original model and data.
 Cost.  One teacher-forced pass per model, split and prompt variant serves every
 forward-pass metric at once (``es``, ``em``, ``prob``, ``ppl`` and the MIA scores);
 ``truth_ratio`` adds passes over the paraphrased and perturbed answers and ``rouge_l``
-generates.  A weight attack (quantize, relearn) is run once per model and split, and
+generates.  A weight attack (quantize, relearn, ablate), a chain (``relearn+logit_lens``)
+and ``gcg`` (whose optimisation does not depend on the metric) are run once per model and split, and
 all metrics are scored on the attacked weights: the audit runs the attack with one
 metric while a capturing scorer records every scoring the attack does, computes the
 other metrics from the same passes, and rebuilds each metric's outcome with the
@@ -536,7 +537,7 @@ def split_attack_list(text: str | Sequence[str] | None) -> list[str]:
     names = set(ATTACKS.names())
     specs: list[str] = []
     for piece in pieces:
-        name = piece.split(":", 1)[0].strip()
+        name = piece.split(":", 1)[0].split("+", 1)[0].strip()  # a chain starts with its first step's name
         if not piece.strip():
             continue
         if name in names or not specs:

@@ -27,7 +27,7 @@ from pytest_unlearn.prompts import dataset_parts  # noqa: E402
 from pytest_unlearn.scoring import Scorer  # noqa: E402
 from pytest_unlearn.training import collate, pad_id, seeded_batches, sequence_nll  # noqa: E402
 
-NAMES = {"jailbreak", "prefill", "paraphrase", "icl", "noise", "quantize", "relearn", "logit_lens"}
+NAMES = {"jailbreak", "prefill", "paraphrase", "icl", "noise", "quantize", "relearn", "logit_lens", "gcg", "ablate"}
 
 
 # ---------------------------------------------------------------- fixtures
@@ -256,7 +256,8 @@ def test_uninformative_is_one_rule_for_every_kind_of_attack():
 
 CHEAP_SPECS = ["jailbreak", "prefill", "paraphrase", "paraphrase:source=rules", "icl", "icl:source=forget",
                "noise:rate=0.3", "quantize:8", "quantize:method=nf4", "logit_lens", "relearn:steps=1,lr=1e-3",
-               "relearn:on=retain,steps=1"]
+               "relearn:on=retain,steps=1", "gcg:steps=2,candidates=4", "ablate",
+               "relearn:steps=1,lr=1e-3+logit_lens"]
 
 
 @pytest.mark.parametrize("spec", CHEAP_SPECS)

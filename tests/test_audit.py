@@ -119,6 +119,13 @@ def test_split_attack_list():
     assert split_attack_list(["quantize:4", "relearn"]) == ["quantize:4", "relearn"]
 
 
+def test_split_attack_list_keeps_chains_whole():
+    assert split_attack_list("gcg,relearn+logit_lens,quantize:4+paraphrase") == \
+        ["gcg", "relearn+logit_lens", "quantize:4+paraphrase"]
+    assert split_attack_list("relearn:steps=5,lr=1e-4+logit_lens:layers=1,2,noise") == \
+        ["relearn:steps=5,lr=1e-4+logit_lens:layers=1,2", "noise"]
+
+
 # ---------------------------------------------------------------- the audit on the toy world
 
 def test_table_shape_and_columns(audit, world):
@@ -219,6 +226,25 @@ def test_weight_attacks_run_once_per_model_and_split(world, monkeypatch):
                            splits=["forget"])
     assert calls == {"quantize": 4, "relearn": 4}  # 3 checkpoints + the control, one split, three metrics
     assert result.table["pcc"].notna().all()
+
+
+def test_gcg_and_chained_attacks_in_the_audit(world):
+    """audit_metrics(..., attacks=["gcg", "relearn+logit_lens"]): every metric's value under each
+    equals a direct run of the attack with that metric; gcg is a prompt (surface) attack, the
+    chain a weight attack judged by the original's control."""
+    ckpts = world.checkpoints[1:4]
+    specs = ["gcg:steps=2,candidates=4", "relearn:steps=1,lr=1e-3+logit_lens"]
+    result = audit_metrics(world.original, ckpts, world.forget, world.retain, metrics=["es", "prob"],
+                           attacks=",".join(specs), splits=["forget"])
+    assert result.attacks == specs
+    ctx = AttackContext(Scorer(), original=world.original, forget=world.forget, retain=world.retain)
+    for spec in specs:
+        for ck in ckpts:
+            for metric in ("es", "prob"):
+                direct = run_attack(spec, metric, ck, world.forget, ctx).values.mean()
+                assert result.after(metric, spec, "forget")[ck.name] == pytest.approx(direct, rel=1e-9, abs=1e-12)
+    assert bool(result.row("prob", specs[0])["surface"]) and not bool(result.row("prob", specs[1])["surface"])
+    assert result.table["original_after"].notna().all()
 
 
 class _MeanOfTwo(Attack):

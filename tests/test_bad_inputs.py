@@ -468,7 +468,7 @@ ROWS = [
     Row("unknown-metric", "test_unknown_metric", "failed",
         ("UnknownNameError: unknown metric 'rogue_l'; did you mean 'rouge_l'", "(known: em, es,")),
     Row("unknown-attack", "test_unknown_attack", "failed",
-        ("UnknownNameError: unknown attack 'quantise'; did you mean 'quantize'", "(known: icl, jailbreak,")),
+        ("UnknownNameError: unknown attack 'quantise'; did you mean 'quantize'", "(known: ablate, gcg, icl, jailbreak,")),
     # -- no false pass: a step that cannot run fails the assertion, it never passes on what remained
     Row("attack-that-raises", "test_attack_that_raises", "failed",
         ("AttackError: attack 'broken' failed on the unlearned model: RuntimeError: CUDA out of memory "

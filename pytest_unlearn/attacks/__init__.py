@@ -5,8 +5,10 @@
 'quantize:bits=4,bitsandbytes=false,group_size=128,include_head=false,method=rtn'
 
 Names (``ATTACKS``): prompt attacks ``jailbreak``, ``prefill``, ``paraphrase``, ``icl``,
-``noise`` (:mod:`.prompt_attacks`); weight attacks ``quantize``, ``relearn``
-(:mod:`.weight_attacks`); the representation attack ``logit_lens`` (:mod:`.logit_lens`).
+``noise`` (:mod:`.prompt_attacks`) and the optimised suffix ``gcg`` (:mod:`.gcg`); weight
+attacks ``quantize``, ``relearn`` (:mod:`.weight_attacks`) and ``ablate`` (:mod:`.ablate`);
+the representation attack ``logit_lens`` (:mod:`.logit_lens`).  ``a+b`` chains a weight
+attack and an attack on its attacked weights (:class:`~.chain.Chain`).
 Each ``run`` returns an :class:`AttackOutcome`: per-sample scores aligned with the data
 rows (worst case over the attack's variants), the variant behind each, the prompt used,
 notes and the cost.  See ``docs/attacks.md``.
@@ -18,12 +20,15 @@ from __future__ import annotations
 
 from .base import (ATTACKS, Attack, AttackContext, AttackOutcome, Param, attack_is_uninformative, judged_by_control,
                    knowledge_kept, normalise_answer,
-                   parse_attack, register_attack, run_attack, worst_case)
+                   parse_attack, register_attack, run_attack, split_chain, worst_case)
+from .ablate import Ablate
+from .chain import Chain
+from .gcg import GCG
 from .logit_lens import LogitLens
 from .prompt_attacks import InContext, Jailbreak, Noise, Paraphrase, Prefill
 from .weight_attacks import Quantize, Relearn
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "InContext", "Jailbreak", "LogitLens",
-           "Noise", "Param", "Paraphrase", "Prefill", "Quantize", "Relearn", "attack_is_uninformative",
-           "judged_by_control", "knowledge_kept", "normalise_answer",
-           "parse_attack", "register_attack", "run_attack", "worst_case"]
+__all__ = ["ATTACKS", "Ablate", "Attack", "AttackContext", "AttackOutcome", "Chain", "GCG", "InContext",
+           "Jailbreak", "LogitLens", "Noise", "Param", "Paraphrase", "Prefill", "Quantize", "Relearn",
+           "attack_is_uninformative", "judged_by_control", "knowledge_kept", "normalise_answer",
+           "parse_attack", "register_attack", "run_attack", "split_chain", "worst_case"]

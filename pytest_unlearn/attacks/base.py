@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackOutcome", "Param", "attack_is_uninformative",
            "judged_by_control", "knowledge_kept", "normalise_answer", "parse_attack", "register_attack",
-           "run_attack", "worst_case"]
+           "run_attack", "split_chain", "worst_case"]
 
 
 # ---------------------------------------------------------------- context and outcome
@@ -110,6 +111,7 @@ class Attack:
     kind: ClassVar[str] = ""  # "prompt" | "weight" | "representation"
     cost_hint: ClassVar[str] = ""
     PARAMS: ClassVar[tuple[Param, ...]] = ()
+    follows: ClassVar[str] = ""  # non-empty: why this attack cannot follow another in a chain
 
     def __init__(self, *args, **kwargs):
         if len(args) > len(self.PARAMS):
@@ -209,6 +211,18 @@ class Attack:
     def _run(self, metric: Metric, model: "ModelHandle", data: "Dataset", ctx: AttackContext) -> AttackOutcome:
         raise NotImplementedError
 
+    def attacked(self, model: "ModelHandle", data: "Dataset", ctx: AttackContext, only=None):
+        """Weight attacks that can start a chain (``quantize+paraphrase``) are generators of
+        ``(label, rows, handle)``: the attacked weights (in place, under a derived handle)
+        and the rows of ``data`` they may score (only variants scoring a row in ``only``,
+        when given); every changed tensor is put back bit for bit when the generator moves
+        on or is closed.  Attacks that cannot start a chain do not override this."""
+        raise AttackError(f"attack {self.spec}: cannot start a chain (it does not hand over attacked weights)")
+
+    def chain_extra(self, data: "Dataset", ctx: AttackContext) -> list:
+        """What besides the spec, seed, model and data decides :meth:`attacked`'s weights (cache keys)."""
+        return []
+
     def generate(self, model: "ModelHandle", data: "Dataset", rows: Sequence[int], ctx: AttackContext,
                  outcome: AttackOutcome | None = None) -> list[str] | None:
         """Greedy answers to ``rows`` of ``data`` *under this attack*, for failure messages:
@@ -295,13 +309,49 @@ def _unquote(text: str) -> str:
     return text
 
 
+_STEP_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?::|$)")
+
+
+def split_chain(spec: str) -> list[str]:
+    """The steps of a chained spec (``relearn:steps=5+logit_lens`` -> two specs).
+
+    A ``+`` outside double quotes starts a new step when the text after it begins with an
+    attack name (a registered one or a near miss, so that a typo gets a suggestion), then
+    ``:`` or the end; any other ``+`` belongs to a value (``prefill:text=1+1``).
+    """
+    try:
+        pieces = _split_top(spec, "+")
+    except ValueError:
+        return [spec]  # the step's own parser reports the unterminated quote
+    names = ATTACKS.names()
+    steps = [pieces[0]]
+    for piece in pieces[1:]:
+        m = _STEP_NAME.match(piece)
+        word = m.group(1).lower() if m else ""
+        if word and (word in names or difflib.get_close_matches(word, names, n=1, cutoff=0.75)):
+            steps.append(piece)
+        else:
+            steps[-1] += "+" + piece
+    return steps
+
+
 def parse_attack(spec: "str | Attack") -> Attack:
-    """An :class:`Attack` from a spec string (or the attack itself)."""
+    """An :class:`Attack` from a spec string (or the attack itself); ``a+b`` is a chain
+    (:class:`~pytest_unlearn.attacks.chain.Chain`)."""
     if isinstance(spec, Attack):
         return spec
     if not isinstance(spec, str):
         raise AttackError(f"an attack is a spec string such as 'quantize:4' or an Attack object, "
                           f"got {type(spec).__name__} {_show(spec)}")
+    steps = split_chain(spec)
+    if len(steps) > 1:
+        from .chain import Chain
+
+        return Chain([_parse_one(s) for s in steps], given=spec)
+    return _parse_one(spec)
+
+
+def _parse_one(spec: str) -> Attack:
     name, sep, rest = spec.partition(":")
     name = name.strip()
     if not name:

@@ -165,6 +165,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(format_value(v) for v in value)
     text = str(value)
-    if not text or text != text.strip() or any(c in text for c in ',="\\'):
+    if not text or text != text.strip() or any(c in text for c in ',="\\+'):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text

@@ -334,6 +334,15 @@ class Quantize(Attack):
         finally:
             snapshot.restore()
 
+    def attacked(self, model, data, ctx, only=None):
+        """The quantized weights for a chain: one variant covering every row; restored after."""
+        from ..models import require_in_memory
+
+        self._check_bnb(model)
+        require_in_memory(model.model, f"attack {self.spec}")
+        with self._quantized(model, ctx) as (handle, _):
+            yield f"{self.method} {self.bits}-bit", np.arange(len(data)), handle
+
     def generate(self, model, data, rows, ctx, outcome=None):
         """Greedy answers of the quantized model, generated before the weights are restored."""
         from ..models import require_in_memory
@@ -480,6 +489,13 @@ def _trainable(model, use_lora: bool, seed: int) -> Iterator:
             p.requires_grad_(flag)
 
 
+def forget_folds(n: int, folds: int, seed: int) -> list[np.ndarray]:
+    """``folds`` disjoint sorted row sets covering ``range(n)``, from a seeded permutation
+    (relearn and gcg train on the other folds and score each fold once)."""
+    order = np.random.default_rng([int(seed) & 0xFFFFFFFF, 1]).permutation(n)
+    return [np.sort(f) for f in np.array_split(order, folds)]
+
+
 @register_attack
 class Relearn(Attack):
     """Fine-tune on forget facts and score held-out ones (k-fold), or on retain / a related file."""
@@ -487,6 +503,9 @@ class Relearn(Attack):
     name = "relearn"
     kind = "weight"
     version = "relearn-v1"  # part of every cache key: bump when training changes
+    follows = ("it fine-tunes every weight in full precision from the weights it is given, so the first "
+               "attack's change would be trained away and the chain would measure relearn alone; put relearn "
+               "first (e.g. relearn+quantize, relearn+logit_lens)")
     cost_hint = "steps x folds optimizer steps plus one scoring pass; a CPU copy of the weights"
     PARAMS = (Param("steps", 20, as_int(1, 1_000_000), "optimizer steps per fold"),
               Param("lr", 1e-4, as_float(0.0, 1.0, lo_open=True), "AdamW learning rate"),
@@ -508,8 +527,7 @@ class Relearn(Attack):
                 raise AttackError(f"attack {self.spec}: {n} sample(s) cannot be split into {self.folds} "
                                   f"folds; use relearn:folds={max(2, n)}" if n >= 2 else
                                   f"attack {self.spec}: relearning on the forget set needs at least 2 samples")
-            order = np.random.default_rng([int(ctx.seed) & 0xFFFFFFFF, 1]).permutation(n)
-            folds = [np.sort(f) for f in np.array_split(order, self.folds)]
+            folds = forget_folds(n, self.folds, ctx.seed)
             plan = [(f"fold {k + 1}/{self.folds}", rows, data, np.sort(np.concatenate(
                 [f for j, f in enumerate(folds) if j != k]))) for k, rows in enumerate(folds)]
         elif self.on == "retain":
@@ -593,6 +611,18 @@ class Relearn(Attack):
         finally:
             if snapshot is not None:
                 snapshot.restore()
+
+    def attacked(self, model, data, ctx, only=None):
+        """The relearned weights for a chain: per fold (only those scoring a row in ``only``),
+        the rows it holds out and the trained model; restored after each fold."""
+        from ..models import require_in_memory
+
+        require_in_memory(model.model, f"attack {self.spec}")
+        yield from self._trained_folds(model, self._plan(data, ctx), ctx, only)
+
+    def chain_extra(self, data, ctx) -> list:
+        """What besides the spec, seed, model and data decides the relearned weights."""
+        return [t.content_hash for _, _, t, _ in self._plan(data, ctx)]
 
     def generate(self, model, data, rows, ctx, outcome=None):
         """Greedy answers of the relearned model: each row's fold weights are applied from the
