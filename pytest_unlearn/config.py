@@ -65,6 +65,11 @@ OPTIONS: tuple[Option, ...] = (
            "(applies to the forget, retain and holdout files)", "MAP"),
     Option("strict_vacuous", "bool", "fail an assert_forgotten that passes only because the original model "
            "already scores within the threshold (it never knew the data): for release pipelines"),
+    Option("benchmark", "str", "a benchmark preset, tofu or muse: the prompt format, system prompt and "
+           "generation lengths that benchmark's own evaluation uses (each overridden by its explicit "
+           "setting); see docs/benchmarks.md", "NAME"),
+    Option("max_new_tokens", "int", "new tokens of every greedy answer (ROUGE, shown answers) instead of the "
+           "budget per sample from the answer's length (or the benchmark preset's)", "N"),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 _VERBATIM = {"prompt", "system_prompt"}  # a format string's trailing newline is part of the prompt
@@ -124,6 +129,8 @@ class Settings:
     update_baselines: bool = False
     strict_vacuous: bool = False
     columns: str | None = None  # "question=query, completion=gt"
+    benchmark: str | None = None  # "tofu" | "muse": a preset (pytest_unlearn.presets)
+    max_new_tokens: int | None = None  # a fixed new-token budget for greedy answers
 
     def __post_init__(self) -> None:
         for opt in OPTIONS:
@@ -135,6 +142,12 @@ class Settings:
         if self.batch_size is not None:
             self.batch_size = _to_int("batch_size", self.batch_size, minimum=1)
         self.seed = _to_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        if self.max_new_tokens is not None:
+            self.max_new_tokens = _to_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        if self.benchmark is not None:
+            from .presets import normalise  # light: no torch
+
+            self.benchmark = normalise(self.benchmark)
         if self.chat_template_args is not None:
             from .prompts import parse_template_args  # light: no torch
 

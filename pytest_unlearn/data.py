@@ -162,7 +162,8 @@ def split_text(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def load_dataset(path, *, name: str | None = None, columns: "Mapping[str, str] | str | None" = None) -> Dataset:
+def load_dataset(path, *, name: str | None = None, columns: "Mapping[str, str] | str | None" = None,
+                 benchmark: str | None = None) -> Dataset:
     """Read, validate and normalise a data file (see the module docstring).
 
     ``path`` is a data file, a folder written by ``datasets``' ``save_to_disk`` or a
@@ -170,16 +171,20 @@ def load_dataset(path, *, name: str | None = None, columns: "Mapping[str, str] |
     in messages.  ``columns`` maps our field names to the file's (``{"question": "query",
     "completion": "gt"}``, or the string ``"question=query, completion=gt"``); a mapped column
     the file does not have is a :class:`DataError` naming the file and the column.
+    ``benchmark`` (``tofu`` / ``muse``, see :mod:`~pytest_unlearn.presets`): a column that
+    benchmark's files have and this one lacks is a :class:`DataError` naming the column, the
+    file and the preset.
     """
     columns = parse_columns(columns)
     if _is_hf_dataset(path):
         shown = "<datasets.Dataset>"
-        return _build(_rows_of_hf(path), shown, name, name=name or "data", source=shown, columns=columns)
+        return _build(_rows_of_hf(path), shown, name, name=name or "data", source=shown, columns=columns,
+                      benchmark=benchmark)
     shown = os.fspath(path)
     file = Path(path)
     if file.is_dir() and any((file / m).is_file() for m in DATASETS_MARKERS):
         return _build(_read_saved_dataset(file, shown), shown, name, name=name or "data", source=shown,
-                      columns=columns)
+                      columns=columns, benchmark=benchmark)
     _check_file(file, shown)
     fmt = SUFFIXES.get(file.suffix.lower())
     if fmt is None:
@@ -190,7 +195,8 @@ def load_dataset(path, *, name: str | None = None, columns: "Mapping[str, str] |
     else:
         text = _read_text(file, shown)
         rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv}[fmt](text, shown)
-    return _build(rows, shown, name, name=name or "data", source=shown, columns=columns)
+    return _build(rows, shown, name, name=name or "data", source=shown, columns=columns,
+                      benchmark=benchmark)
 
 
 def dataset_from_records(records: list[dict] | pd.DataFrame, *, name: str = "data",
@@ -431,7 +437,7 @@ def _read_saved_dataset(folder: Path, shown: str) -> list:
 # -- validation and normalisation -------------------------------------------------------------
 
 def _build(rows: list, path: str, role: str | None, *, name: str, source: str,
-           columns: Mapping[str, str] | None = None) -> Dataset:
+           columns: Mapping[str, str] | None = None, benchmark: str | None = None) -> Dataset:
     """Validate ``rows`` ((where, record) pairs), warn about oddities, return the Dataset.
     ``role`` names the set in messages ("the forget set is empty")."""
     if not rows:
@@ -447,6 +453,10 @@ def _build(rows: list, path: str, role: str | None, *, name: str, source: str,
         records.append({str(k): v for k, v in record.items()})
     records = _map_columns(records, dict(columns or {}), path)
     columns = list(dict.fromkeys(k for record in records for k in record))
+    if benchmark:
+        from .presets import check_columns
+
+        check_columns(columns, path, benchmark, role)
     kind = _detect_kind(columns, path)
     make_row = _qa_row if kind == "qa" else _text_row
     if kind == "qa" and multiple_choice.is_multiple_choice_columns(columns):

@@ -69,13 +69,17 @@ def model_context_length(model) -> int | None:
 
 
 def token_budgets(prompt_lengths: Sequence[int], answer_lengths: Sequence[int],
-                  context_length: int | None, new_tokens: int | None = None) -> tuple[list[int], list[bool]]:
+                  context_length: int | None, new_tokens: "int | Sequence[int] | None" = None
+                  ) -> tuple[list[int], list[bool]]:
     """Each sample's new-token budget and whether it was lowered to fit ``context_length``
     (prompt + budget <= context; never below 0).  ``new_tokens`` fixes the budget instead of
-    :func:`new_token_budget` (a benchmark's own length, e.g. MUSE's 128)."""
+    :func:`new_token_budget` (a benchmark's own length, e.g. MUSE's 128); a sequence gives
+    each sample its own."""
     budgets, cut = [], []
-    for p, n in zip(prompt_lengths, answer_lengths):
-        want = new_token_budget(n) if new_tokens is None else int(new_tokens)
+    fixed = [new_tokens] * len(prompt_lengths) if new_tokens is None or isinstance(new_tokens, int) \
+        else list(new_tokens)
+    for p, n, f in zip(prompt_lengths, answer_lengths, fixed):
+        want = new_token_budget(n) if f is None else int(f)
         room = want if context_length is None else max(0, context_length - p)
         budgets.append(min(want, room))
         cut.append(room < want)
@@ -179,7 +183,8 @@ class Generations:
 
 def greedy_generations(model, tokenizer, contexts: Sequence[list[int]], answer_lengths: Sequence[int], *,
                        batch_size: int | None = None, progress: bool | str = False,
-                       context_length: int | None = None, new_tokens: int | None = None) -> Generations:
+                       context_length: int | None = None,
+                       new_tokens: "int | Sequence[int] | None" = None) -> Generations:
     """Greedy continuations of token-id contexts under :data:`GENERATION_POLICY`, decoded
     without special tokens and stripped.
 

@@ -224,6 +224,40 @@ def letter_prompt(question: str, choices: Sequence[str], subject: str | None = N
     return _head(LETTER_HEAD, subject) + "\n".join(lines)
 
 
+def letter_block(question: str, choices: Sequence[str]) -> str:
+    """One question as lm-eval's MMLU block, ending in ``Answer:`` (no description line)."""
+    return "\n".join([question.strip()] + [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)] + ["Answer:"])
+
+
+def fewshot_shots(dataset: "Dataset", rows: Sequence[int]) -> tuple[tuple[str, str], ...]:
+    """Solved multiple-choice rows as lm-eval's few-shot examples: (the MMLU block ending in
+    ``Answer:``, the correct letter)."""
+    frame = dataset.frame
+    return tuple((letter_block(frame["question"].iloc[j], list(frame["choices"].iloc[j])),
+                  LETTERS[int(frame["answer_index"].iloc[j])]) for j in rows)
+
+
+def _letter_shots(shots) -> bool:
+    return bool(shots) and all(a in LETTERS and len(a) == 1 and q.endswith("\nAnswer:") for q, a in shots)
+
+
+def _with_fewshot(part: "PromptParts", question: str, choices, subject, answer: int, chat: bool) -> "PromptParts":
+    """The letter prompt of ``question`` after the in-context shots of ``part`` in lm-eval's
+    few-shot format: the description line once, then each shot's block and ``" B"``, a blank line
+    between them, then the question's block (``fewshot_delimiter = "\n\n"``,
+    ``target_delimiter = " "``).  Under a chat template the shots stay user/assistant turns
+    (lm-eval's ``fewshot_as_multiturn``) and the description opens the first user turn."""
+    if not _letter_shots(part.shots):
+        return part.with_(question=letter_prompt(question, choices, subject), answer=LETTERS[answer])
+    head = _head(LETTER_HEAD, subject)
+    block = letter_block(question, choices)
+    if chat:
+        shots = ((head + part.shots[0][0], part.shots[0][1]),) + tuple(part.shots[1:])
+        return part.with_(question=block, answer=LETTERS[answer], shots=shots)
+    text = head + "".join(f"{q} {a}\n\n" for q, a in part.shots) + block
+    return part.with_(question=text, answer=LETTERS[answer], shots=())
+
+
 def text_prompt(question: str, subject: str | None = None) -> str:
     """lm-eval's ``mmlu_continuation`` prompt, ending in ``Answer:`` (choices follow after a space)."""
     return _head(TEXT_HEAD, subject) + f"Question: {question.strip()}\nAnswer:"
@@ -318,8 +352,8 @@ def letter_scores(scorer: "Scorer", handle: "ModelHandle", dataset: "Dataset", p
 
     choices, answers, subjects = _rows(dataset, metric or METRICS.get("mc_acc"))
     sub = _scorer_for(scorer, handle)
-    mc_parts = [p.with_(question=letter_prompt(p.question, c, s), answer=LETTERS[a])
-                for p, c, s, a in zip(parts, choices, subjects, answers)]
+    chat = sub.prompt.kind == "chat"
+    mc_parts = [_with_fewshot(p, p.question, c, s, a, chat) for p, c, s, a in zip(parts, choices, subjects, answers)]
     encoded = sub.encode(handle, mc_parts, names)
     memo: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
     contexts, letter_ids = [], []

@@ -90,6 +90,14 @@ def _generate(suite: "Suite", handle, prompts: list[str], new_tokens: int) -> li
     return gens.texts
 
 
+def _budget(suite: "Suite", given: int | None, default: int) -> int:
+    """An explicit argument, else the ``unlearn_max_new_tokens`` setting, else MUSE's length."""
+    if given is not None:
+        return int(given)
+    configured = getattr(suite.settings, "max_new_tokens", None)
+    return int(configured) if configured is not None else default
+
+
 def _require(dataset, columns: tuple[str, ...], criterion: str) -> None:
     from .errors import DataError
 
@@ -100,16 +108,18 @@ def _require(dataset, columns: tuple[str, ...], criterion: str) -> None:
                             path=dataset.source)
 
 
-def muse_verbmem(model=None, data=None, *, max_new_tokens: int = VERBMEM_NEW_TOKENS,
+def muse_verbmem(model=None, data=None, *, max_new_tokens: int | None = None,
                  suite: "Suite | None" = None) -> MuseResult:
     """MUSE VerbMem of ``model`` (default: the unlearned model) on ``data`` (default: the
-    forget set; MUSE's ``verbmem/forget.json`` rows ``prompt``, ``gt``)."""
+    forget set; MUSE's ``verbmem/forget.json`` rows ``prompt``, ``gt``).  ``max_new_tokens``:
+    default ``unlearn_max_new_tokens`` if set, else MUSE's 128."""
     import pandas as pd
 
     from .metrics import rouge_l_f1
     from .suite import current_suite
 
     suite = current_suite(suite)
+    max_new_tokens = _budget(suite, max_new_tokens, VERBMEM_NEW_TOKENS)
     dataset = suite.data(data, default="forget")
     if dataset.kind != "text":
         _require(dataset, ("prompt", "completion"), "verbmem")
@@ -125,18 +135,20 @@ def muse_verbmem(model=None, data=None, *, max_new_tokens: int = VERBMEM_NEW_TOK
     return MuseResult("verbmem", float(np.mean(scores)), frame)
 
 
-def muse_knowmem(model=None, data=None, *, icl=None, max_new_tokens: int = KNOWMEM_NEW_TOKENS,
+def muse_knowmem(model=None, data=None, *, icl=None, max_new_tokens: int | None = None,
                  suite: "Suite | None" = None) -> MuseResult:
     """MUSE KnowMem of ``model`` on ``data`` (default: the forget set; MUSE's
     ``knowmem/forget_qa.json``) with the in-context examples of ``icl`` (MUSE's
     ``forget_qa_icl.json``; a path, Dataset or records; None: no examples).  On the retain QA
-    file with ``retain_qa_icl.json`` it is MUSE's utility criterion."""
+    file with ``retain_qa_icl.json`` it is MUSE's utility criterion.  ``max_new_tokens``: default
+    ``unlearn_max_new_tokens`` if set, else MUSE's 32."""
     import pandas as pd
 
     from .metrics import rouge_l_f1
     from .suite import current_suite
 
     suite = current_suite(suite)
+    max_new_tokens = _budget(suite, max_new_tokens, KNOWMEM_NEW_TOKENS)
     dataset = suite.data(data, default="forget")
     if dataset.kind != "qa":
         _require(dataset, ("question", "answer"), "knowmem")

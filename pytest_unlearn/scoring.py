@@ -34,7 +34,7 @@ from .cache import ResultCache, cache_key
 from .errors import MetricError
 from .forward import STAT_FIELDS, TokenStats, default_batch_size, teacher_forced_stats
 from .metrics import Metric, get_metric, reduce_scores
-from .prompts import PromptFormat, PromptParts, dataset_parts, encode, parse_prompt_format
+from .prompts import PromptFormat, PromptParts, dataset_parts, encode, parse_prompt_format, parse_template_args
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,14 +139,14 @@ def _nonfinite_step_hook(flag: list) -> Callable:
 #: system prompt, the chat template's arguments).  Every :class:`Scorer` built from settings
 #: (:meth:`Scorer.from_settings`) takes all of them, and so does every prompt format derived from
 #: such a scorer (:meth:`Scorer.prompt_format`): a new prompt setting is added here once.
-PROMPT_SETTINGS = ("prompt", "system_prompt", "chat_template_args")
+PROMPT_SETTINGS = ("prompt", "system_prompt", "chat_template_args", "benchmark", "max_new_tokens")
 
 
 def prompt_settings(settings) -> dict:
     """``{"prompt": ..., "system_prompt": ..., "chat_template_args": ...}`` of ``settings`` (a
     :class:`~pytest_unlearn.config.Settings`, or anything with those attributes, such as parsed
     command-line arguments): the :class:`Scorer` keywords of :data:`PROMPT_SETTINGS`."""
-    return {name: getattr(settings, name) for name in PROMPT_SETTINGS}
+    return {name: getattr(settings, name, None) for name in PROMPT_SETTINGS}
 
 
 class Scorer:
@@ -156,8 +156,17 @@ class Scorer:
 
     def __init__(self, *, prompt: str | PromptFormat | None = None, batch_size: int | None = None,
                  cache: ResultCache | None = None, progress: bool = False,
-                 system_prompt: str | None = None, chat_template_args: str | dict | None = None):
+                 system_prompt: str | None = None, chat_template_args: str | dict | None = None,
+                 benchmark: str | None = None, max_new_tokens: int | None = None):
+        from .presets import get_preset
+
         self.prompt = prompt
+        # a benchmark preset (pytest_unlearn.presets): defaults for the prompt, the system prompt, the
+        # chat template's arguments and the new-token budget; each explicit setting wins
+        self.preset = get_preset(benchmark)
+        self.benchmark = self.preset.name if self.preset else None
+        self.max_new_tokens = int(max_new_tokens) if max_new_tokens is not None else None
+        self._system_turn: dict[int, bool] = {}
         self.system_prompt = system_prompt
         self.chat_template_args = chat_template_args
         self.batch_size = batch_size
@@ -190,8 +199,35 @@ class Scorer:
 
     # ------------------------------------------------------------ building blocks
     def prompt_format(self, handle: "ModelHandle") -> PromptFormat:
-        return parse_prompt_format(self.prompt, handle.tokenizer, system=self.system_prompt,
-                                   template_args=self.chat_template_args)
+        prompt, system, args = self.prompt, self.system_prompt, self.chat_template_args
+        preset = self.preset
+        if preset is not None and not isinstance(prompt, PromptFormat):
+            from . import presets
+
+            tokenizer = handle.tokenizer
+            has_template = bool(getattr(tokenizer, "chat_template", None))
+            if prompt is None or not str(prompt).strip() or str(prompt).strip() == "auto":
+                prompt = presets.prompt_spec(preset, has_template)
+            if str(prompt).strip() == "chat" and has_template:
+                args = presets.template_args(preset, parse_template_args(args))
+                if system is None and preset.system_prompt and self._accepts_system(tokenizer):
+                    system = preset.system_prompt
+        return parse_prompt_format(prompt, handle.tokenizer, system=system, template_args=args)
+
+    def _accepts_system(self, tokenizer) -> bool:
+        key = id(tokenizer)
+        if key not in self._system_turn:
+            from .presets import accepts_system_turn
+
+            self._system_turn[key] = accepts_system_turn(tokenizer)
+        return self._system_turn[key]
+
+    def new_tokens(self, parts: Sequence[PromptParts]) -> list[int] | None:
+        """Each sample's fixed new-token budget (``max_new_tokens``, else the benchmark preset's for
+        QA and text rows), or None: the generation policy's budget from the answer's length."""
+        from .presets import new_tokens
+
+        return new_tokens(self.preset, self.max_new_tokens, [p.templated for p in parts])
 
     def encode(self, handle: "ModelHandle", parts: Sequence[PromptParts], names: Sequence[str] | None = None):
         encoded = encode(handle.tokenizer, self.prompt_format(handle), parts,
@@ -272,10 +308,12 @@ class Scorer:
 
         encoded = self.encode(handle, parts, names)
         context_length = handle.context_length
+        fixed = self.new_tokens(parts)
         # no batch size in the key: each sample has its own budget and stops on its own, so its
         # generation does not depend on the batch it lands in (tests/test_batch_invariance.py)
         key = cache_key("generate", handle.fingerprint, _ids_digest(encoded),
-                        str(handle.device.type), str(handle.dtype), GENERATION_POLICY, context_length)
+                        str(handle.device.type), str(handle.dtype), GENERATION_POLICY, context_length,
+                        *([list(fixed)] if fixed is not None else []))
         hit = self.cache.get(key)
         if hit is not None and {"text", "budget", "cut"} <= set(hit):
             self.cost.cached += 1
@@ -286,7 +324,7 @@ class Scorer:
         t0 = time.perf_counter()
         bad: list[bool] = []
         if distributed.active():
-            gens = self._sharded_generate(handle, encoded, bad, key)
+            gens = self._sharded_generate(handle, encoded, bad, key, fixed)
         else:
             hook = handle.model.register_forward_hook(_nonfinite_step_hook(bad))
             try:
@@ -294,7 +332,7 @@ class Scorer:
                                           [e.input_ids[:e.answer_start] for e in encoded],
                                           [e.n_answer for e in encoded], batch_size=self.batch_size,
                                           progress=self.progress and "generating",
-                                          context_length=context_length)
+                                          context_length=context_length, new_tokens=fixed)
             finally:
                 hook.remove()
         if bad:
@@ -312,7 +350,7 @@ class Scorer:
         warn_cut(gens, context_length, names)
         return gens
 
-    def _sharded_generate(self, handle, encoded, bad: list, key: str) -> "Generations":
+    def _sharded_generate(self, handle, encoded, bad: list, key: str, fixed=None) -> "Generations":
         """Greedy generation split over the ranks by whole length-sorted batches (of the prompts'
         lengths, as :func:`~pytest_unlearn.generation.greedy_generations` batches them), gathered."""
         from .generation import Generations, greedy_generations
@@ -327,7 +365,8 @@ class Scorer:
                 part = greedy_generations(handle.model, handle.tokenizer, [contexts[i] for i in rows],
                                           [encoded[i].n_answer for i in rows], batch_size=batch_size,
                                           progress=self.progress and distributed.is_main_process() and "generating",
-                                          context_length=handle.context_length)
+                                          context_length=handle.context_length,
+                                          new_tokens=None if fixed is None else [fixed[i] for i in rows])
             finally:
                 hook.remove()
             return list(zip(part.texts, part.budgets, part.cut)), bool(flag)

@@ -199,7 +199,7 @@ class Suite:
             from .data import load_dataset
 
             self._data[role] = load_dataset(self.settings.require(role), name=role,
-                                            columns=self.settings.columns)
+                                            columns=self.settings.columns, benchmark=self.settings.benchmark)
         return self._data[role]
 
     def data(self, spec=None, *, default: str = "forget") -> "Dataset":
@@ -215,7 +215,7 @@ class Suite:
             key = "path:" + os.path.abspath(path)
             if key not in self._data:
                 self._data[key] = load_dataset(path, name=Path(os.fspath(spec)).stem,
-                                               columns=self.settings.columns)
+                                               columns=self.settings.columns, benchmark=self.settings.benchmark)
             return self._data[key]
         if type(spec).__module__.split(".")[0] == "datasets":  # a datasets.Dataset
             return load_dataset(spec, name="data", columns=self.settings.columns)

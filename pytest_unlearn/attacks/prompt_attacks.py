@@ -264,6 +264,9 @@ class InContext(Attack):
                               "unlearn_retain / --unlearn-retain (or pass AttackContext(retain=...)), "
                               "or use icl:source=forget")
         questions, answers, ids = pool.prompts, pool.answers, pool.ids
+        from ..multiple_choice import fewshot_shots, is_multiple_choice
+        # multiple-choice rows scored with multiple-choice shots: lm-eval's few-shot blocks ending "Answer: B"
+        mc_shots = is_multiple_choice(pool) and is_multiple_choice(data)
         need = self.shots + (1 if self.source == "forget" else 0)
         if len(pool) < need:
             raise AttackError(f"attack {self.spec}: the {self.source} set has {len(pool)} sample(s), "
@@ -288,7 +291,9 @@ class InContext(Attack):
                                   "use fewer shots")
             rng = np.random.default_rng([int(ctx.seed) & 0xFFFFFFFF, i])
             chosen = rng.choice(allowed, size=self.shots, replace=False)
-            out.append(p.with_(shots=tuple(_shot(questions[j], answers[j], p.templated) for j in chosen)))
+            shots = fewshot_shots(pool, chosen) if mc_shots else \
+                tuple(_shot(questions[j], answers[j], p.templated) for j in chosen)
+            out.append(p.with_(shots=shots))
             details.append(f"{self.source} shots " + ",".join(ids[j] for j in chosen))
         notes = [f"icl: {self.shots} solved example(s) from the {self.source} set, drawn with seed {ctx.seed}"]
         if excluded:
