@@ -400,17 +400,20 @@ def _letter_continuations(sub: "Scorer", handle: "ModelHandle", mc_parts, choice
     the letter prompt, as lm-evaluation-harness scores them, from one batched teacher-forced pass over
     every (question, letter) pair: the path for tokenizers whose letters are not distinct single
     tokens (one next-token distribution cannot hold them)."""
-    flat, owner, pair_names = [], [], []
-    for i, (p, c) in enumerate(zip(mc_parts, choices)):
-        for j in range(len(c)):
-            flat.append(p.with_(answer=LETTERS[j]))
-            owner.append(i)
-            pair_names.append(f"{names[i]} letter {LETTERS[j]}")
-    stats = sub.token_stats(handle, flat, names=pair_names, logits_fn=logits_fn, variant=variant)
-    sums: list[list[float]] = [[] for _ in mc_parts]
-    for j, i in enumerate(owner):
-        sums[i].append(float(np.sum(stats.logprob[j])))
-    return [np.array(v) for v in sums]
+    return _summed_loglikelihoods(
+        sub, handle, [[(p.with_(answer=LETTERS[j]), f"{names[i]} letter {LETTERS[j]}") for j in range(len(c))]
+                      for i, (p, c) in enumerate(zip(mc_parts, choices))], logits_fn, variant)
+
+
+def _summed_loglikelihoods(sub: "Scorer", handle: "ModelHandle", rows, logits_fn, variant) -> list[np.ndarray]:
+    """Per row of ``(parts, name)`` pairs, the summed answer log-likelihood of each pair, from one
+    batched teacher-forced pass over every pair of every row."""
+    flat = [pair for row in rows for pair in row]
+    stats = sub.token_stats(handle, [p for p, _ in flat], names=[n for _, n in flat], logits_fn=logits_fn,
+                            variant=variant)
+    sums = [float(np.sum(lp)) for lp in stats.logprob]
+    bounds = np.cumsum([len(row) for row in rows])[:-1]
+    return [np.array(v) for v in np.split(np.array(sums), bounds)] if rows else []
 
 
 def choice_loglikelihoods(scorer: "Scorer", handle: "ModelHandle", dataset: "Dataset",
@@ -421,18 +424,9 @@ def choice_loglikelihoods(scorer: "Scorer", handle: "ModelHandle", dataset: "Dat
     prompt, from one batched teacher-forced pass over every (question, choice) pair."""
     choices, answers, subjects = _rows(dataset, metric or METRICS.get("mc_acc_text"))
     sub = _scorer_for(scorer, handle)
-    flat, owner, pair_names = [], [], []
-    for i, (p, c, s) in enumerate(zip(parts, choices, subjects)):
-        context = text_prompt(p.question, s)
-        for j, choice in enumerate(c):
-            flat.append(p.with_(question=context, answer=choice))
-            owner.append(i)
-            pair_names.append(f"{names[i]} choice {LETTERS[j]}")
-    stats = sub.token_stats(handle, flat, names=pair_names, logits_fn=logits_fn, variant=variant)
-    sums: list[list[float]] = [[] for _ in parts]
-    for j, i in enumerate(owner):
-        sums[i].append(float(np.sum(stats.logprob[j])))
-    return [np.array(s) for s in sums], choices, answers
+    rows = [[(p.with_(question=text_prompt(p.question, subj), answer=choice), f"{names[i]} choice {LETTERS[j]}")
+             for j, choice in enumerate(c)] for i, (p, c, subj) in enumerate(zip(parts, choices, subjects))]
+    return _summed_loglikelihoods(sub, handle, rows, logits_fn, variant), choices, answers
 
 
 # ---------------------------------------------------------------- per-sample definitions
