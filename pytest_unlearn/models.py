@@ -370,12 +370,13 @@ def _tensors_signature(model) -> tuple | None:
 def weights_fingerprint(model, tokenizer=None) -> str:
     """Deterministic hash of parameter names, shapes, dtypes and bytes (and the tokenizer).
 
-    The weights' part is memoised per model object while :func:`_tensors_signature` is
-    unchanged, so wrapping the same in-memory model again does not read every weight again.
-    (An in-place change through ``tensor.data`` bypasses the version counter; change weights
-    through the parameters themselves, as optimizers do.)"""
+    The hash state after the weights is memoised per model object while
+    :func:`_tensors_signature` is unchanged, so wrapping the same in-memory model again does
+    not read every weight again (the fingerprint is the same as without the memo).  An
+    in-place change through ``tensor.data`` bypasses the version counter; change weights
+    through the parameters themselves, as optimizers do."""
     signature = _tensors_signature(model)
-    weights = None
+    state = None
     if signature is not None:
         with _WEIGHTS_MEMO_LOCK:
             try:
@@ -383,23 +384,23 @@ def weights_fingerprint(model, tokenizer=None) -> str:
             except TypeError:  # not weak-referenceable
                 entry = None
         if entry is not None and entry[0] == signature:
-            weights = entry[1]
-    if weights is None:
-        weights = _hash_weights(model)
+            state = entry[1]
+    if state is None:
+        state = _hash_weights(model)
         if signature is not None:
             with _WEIGHTS_MEMO_LOCK:
                 try:
-                    _WEIGHTS_MEMO[model] = (signature, weights)
+                    _WEIGHTS_MEMO[model] = (signature, state)
                 except TypeError:
                     pass
-    if tokenizer is None:
-        return weights
-    digest = hashlib.sha256(bytes.fromhex(weights))
-    digest.update(_tokenizer_signature(tokenizer))
+    digest = state.copy()
+    if tokenizer is not None:
+        digest.update(_tokenizer_signature(tokenizer))
     return digest.hexdigest()
 
 
-def _hash_weights(model) -> str:
+def _hash_weights(model):
+    """The sha256 state after every tensor's name, shape, dtype and bytes."""
     import torch
 
     digest = hashlib.sha256(f"{FINGERPRINT_VERSION}\0memory\0".encode())
@@ -409,7 +410,7 @@ def _hash_weights(model) -> str:
             flat = tensor.detach().reshape(-1)
             if flat.numel():
                 digest.update(flat.contiguous().cpu().view(torch.uint8).numpy().data)
-    return digest.hexdigest()
+    return digest
 
 
 # --- loading ------------------------------------------------------------------------------

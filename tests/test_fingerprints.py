@@ -219,3 +219,16 @@ def test_inference_mode_weights_are_hashed_every_time(tiny, monkeypatch):
     calls = count_hashes(monkeypatch)
     first = models.weights_fingerprint(model, tokenizer)
     assert models.weights_fingerprint(model, tokenizer) == first and len(calls) == 2
+
+
+def test_the_fingerprint_with_a_tokenizer_is_the_unmemoised_one(tiny):
+    """The memo changes no fingerprint: weights, then the tokenizer's signature, in one stream."""
+    tokenizer, base = tiny
+    model = copy.deepcopy(base)
+    digest = hashlib.sha256(f"{models.FINGERPRINT_VERSION}\0memory\0".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(models._tokenizer_signature(tokenizer))
+    assert models.weights_fingerprint(model, tokenizer) == digest.hexdigest()
+    assert models.weights_fingerprint(model, tokenizer) == digest.hexdigest()
