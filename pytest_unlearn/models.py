@@ -16,8 +16,13 @@ not fit) with accelerate's ``device_map="auto"``: on request (``device="sharded"
 :data:`DEVICE_MAP_FRACTION` of the GPU's free memory (:func:`needs_device_map`).
 
 Hashing a multi-GB checkpoint on every run would be slow, so the digest of each large file is
-memoised by (path, size, mtime, inode) in ``file-digests.json`` under the user cache dir
-(``$PYTEST_UNLEARN_CACHE_DIR``, else ``~/.cache/pytest-unlearn``).
+memoised by (path, size, mtime, inode, ctime) in ``file-digests.json`` under the user cache dir
+(``$PYTEST_UNLEARN_CACHE_DIR``, else ``~/.cache/pytest-unlearn``); the files not in the memo
+are hashed in parallel threads (hashlib releases the GIL on large buffers).  A file in a Hugging
+Face hub cache (``snapshots/<rev>/<name>``, a link to ``blobs/<sha256>``) is not read at all
+when its blob's name is a sha256 (64 hex digits): the hub names a Git LFS file's blob by the
+sha256 of its content and checks it on download.  An in-memory model's fingerprint is
+memoised while none of its tensors is replaced or changed in place (PyTorch's version counters).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ import re
 import shutil
 import struct
 import tempfile
+import threading
 import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
@@ -50,6 +58,8 @@ NOT_WEIGHTS = {"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.p
 CHUNK = 8 * 2**20
 MEMO_MIN_SIZE = 2**20      # smaller files are hashed every time
 MEMO_RACY_SECONDS = 2.0    # a file modified this recently may change again within one mtime tick
+HASH_THREADS = 8           # files hashed at once (bounded by the number of files and of CPUs)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_HINT = "opt in with allow_pickle=True (pytest: --unlearn-allow-pickle) if you trust it"
 DEVICE_MAP_FRACTION = 0.9  # device="auto" spreads a model whose weights exceed this share of a GPU's free memory
@@ -226,38 +236,89 @@ def clear_digest_memo() -> None:
         pass
 
 
+def hub_blob_sha256(path: pathlib.Path) -> str | None:
+    """The sha256 a Hugging Face hub cache already names ``path``'s content by, else ``None``.
+
+    In the hub cache (``models--org--name/snapshots/<rev>/<file>``) every file is a link to
+    ``blobs/<name>``, where ``<name>`` is the sha256 of the content for Git LFS files (the
+    weights; the hub checks it on download) and the 40-digit git blob sha1 for small files.  Only
+    a 64-hex-digit name of a regular file in a folder called ``blobs`` reached through a link
+    is trusted; anything else is hashed."""
+    path = pathlib.Path(path)
+    try:
+        if not path.is_symlink() and not any(parent.is_symlink() for parent in path.parents):
+            return None
+        real = path.resolve(strict=True)
+        if not real.is_file():
+            return None
+    except (OSError, RuntimeError):
+        return None
+    if real.parent.name != "blobs" or not _HEX64.fullmatch(real.name):
+        return None
+    return real.name
+
+
+def _hash_threads(n: int) -> int:
+    return max(1, min(n, HASH_THREADS, os.cpu_count() or 1))
+
+
 def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
     """sha256 of each file, memoised for large files by (path, size, mtime_ns, inode, ctime_ns).
 
     The ctime is in the key (as in git's index) because an in-place overwrite that restores
     size and mtime (``cp -p``, ``rsync -t``, ``touch -r``) cannot restore it: the kernel sets
-    it on every write and every metadata change."""
+    it on every write and every metadata change.  A hub cache blob named by its sha256 is not
+    read (:func:`hub_blob_sha256`); the files left are hashed in parallel threads."""
     memo_file = _memo_path()
     memo = None
-    updates, result = {}, {}
+    result: dict[str, str] = {}
+    todo: list[tuple[pathlib.Path, object]] = []  # (path, stat of a large file or None)
     for path in paths:
         path = pathlib.Path(path).absolute()
+        named = hub_blob_sha256(path)
+        if named is not None:
+            result[str(path)] = named
+            continue
         try:
             st = path.stat()
-            if st.st_size < MEMO_MIN_SIZE:
-                result[str(path)] = _sha256_file(path)
-                continue
-            if memo is None:
-                memo = _read_memo(memo_file)
-            key = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-            entry = memo.get(str(path))
-            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("sha256"), str):
-                result[str(path)] = entry["sha256"]
-                continue
-            digest = _sha256_file(path)
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read file: {exc}") from exc
+        if st.st_size < MEMO_MIN_SIZE:
+            todo.append((path, None))
+            continue
+        if memo is None:
+            memo = _read_memo(memo_file)
+        entry = memo.get(str(path))
+        if (isinstance(entry, dict) and entry.get("key") == _memo_key(st)
+                and isinstance(entry.get("sha256"), str)):
+            result[str(path)] = entry["sha256"]
+            continue
+        todo.append((path, st))
+
+    def digest_of(path: pathlib.Path) -> str:
+        try:
+            return _sha256_file(path)
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: cannot read file: {exc}") from exc
+
+    threads = _hash_threads(sum(st is not None for _, st in todo))
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="pytest-unlearn-sha256") as pool:
+            digests = list(pool.map(digest_of, [path for path, _ in todo]))
+    else:
+        digests = [digest_of(path) for path, _ in todo]
+    updates = {}
+    for (path, st), digest in zip(todo, digests):
         result[str(path)] = digest
-        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > MEMO_RACY_SECONDS:
-            updates[str(path)] = {"key": key, "sha256": digest}
+        if st is not None and time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > MEMO_RACY_SECONDS:
+            updates[str(path)] = {"key": _memo_key(st), "sha256": digest}
     if updates:
         _write_memo(memo_file, updates)
     return result
+
+
+def _memo_key(st) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _combine(kind: str, parts: Iterable[tuple[str, str]]) -> str:
@@ -290,8 +351,56 @@ def _tokenizer_signature(tokenizer) -> bytes:
     return digest.digest()
 
 
+_WEIGHTS_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_WEIGHTS_MEMO_LOCK = threading.Lock()
+
+
+def _tensors_signature(model) -> tuple | None:
+    """Identity of every parameter's and buffer's storage and content version: unchanged while
+    no tensor is replaced, reallocated or changed in place (each in-place op bumps the version
+    counter, also under ``no_grad``); ``None`` when a tensor has no version counter (made
+    under ``inference_mode``), which disables the memo."""
+    try:
+        return tuple((name, t.data_ptr(), t._version, tuple(t.shape), str(t.dtype), str(t.device))
+                     for name, t in model.state_dict(keep_vars=True).items())
+    except (RuntimeError, AttributeError):
+        return None
+
+
 def weights_fingerprint(model, tokenizer=None) -> str:
-    """Deterministic hash of parameter names, shapes, dtypes and bytes (and the tokenizer)."""
+    """Deterministic hash of parameter names, shapes, dtypes and bytes (and the tokenizer).
+
+    The hash state after the weights is memoised per model object while
+    :func:`_tensors_signature` is unchanged, so wrapping the same in-memory model again does
+    not read every weight again (the fingerprint is the same as without the memo).  An
+    in-place change through ``tensor.data`` bypasses the version counter; change weights
+    through the parameters themselves, as optimizers do."""
+    signature = _tensors_signature(model)
+    state = None
+    if signature is not None:
+        with _WEIGHTS_MEMO_LOCK:
+            try:
+                entry = _WEIGHTS_MEMO.get(model)
+            except TypeError:  # not weak-referenceable
+                entry = None
+        if entry is not None and entry[0] == signature:
+            state = entry[1]
+    if state is None:
+        state = _hash_weights(model)
+        if signature is not None:
+            with _WEIGHTS_MEMO_LOCK:
+                try:
+                    _WEIGHTS_MEMO[model] = (signature, state)
+                except TypeError:
+                    pass
+    digest = state.copy()
+    if tokenizer is not None:
+        digest.update(_tokenizer_signature(tokenizer))
+    return digest.hexdigest()
+
+
+def _hash_weights(model):
+    """The sha256 state after every tensor's name, shape, dtype and bytes."""
     import torch
 
     digest = hashlib.sha256(f"{FINGERPRINT_VERSION}\0memory\0".encode())
@@ -301,9 +410,7 @@ def weights_fingerprint(model, tokenizer=None) -> str:
             flat = tensor.detach().reshape(-1)
             if flat.numel():
                 digest.update(flat.contiguous().cpu().view(torch.uint8).numpy().data)
-    if tokenizer is not None:
-        digest.update(_tokenizer_signature(tokenizer))
-    return digest.hexdigest()
+    return digest
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -492,9 +599,71 @@ def weights_bytes(files: Iterable[pathlib.Path], dtype) -> int:
 
 
 def _free_gpu_bytes(device) -> int:
+    """Free memory of a CUDA device, after returning PyTorch's cached blocks to the driver
+    (memory the caching allocator holds but no tensor uses counts as free)."""
     import torch
 
+    torch.cuda.empty_cache()
     return int(torch.cuda.mem_get_info(device)[0])
+
+
+# --- placement planned once ----------------------------------------------------------------
+
+#: The roles a session may hold at once, in the order they get GPU memory: the unlearned
+#: model (scored most, attacked), the original (scored, mixed by calibration), calibration's
+#: working copy (scored at every calibration step), the reference (a control).
+PLACEMENT_ROLES = ("model", "original", "working copy", "reference")
+
+
+def gpu_free_bytes() -> list[int]:
+    """Free memory of every visible CUDA device (cached blocks released first); ``[]`` without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [_free_gpu_bytes(torch.device("cuda", i)) for i in range(torch.cuda.device_count())]
+
+
+def plan_placement(weights: dict[str, int], free: list[int],
+                   fraction: float = DEVICE_MAP_FRACTION) -> dict[str, str]:
+    """The device of every role, decided before any is loaded.
+
+    ``weights``: role -> bytes of its weights (roles of :data:`PLACEMENT_ROLES`; one checkpoint
+    in two roles is passed once); ``free``: free bytes of each GPU.  In role order, each role
+    goes to the GPU with the most room left, where ``fraction`` of the free memory is for
+    weights (the rest for activations).  A role that fits no GPU next to those placed
+    before it goes to the CPU (one device, so calibration and weight attacks can still change
+    it); only a model larger than ``fraction`` of the largest GPU on its own is spread over
+    devices (``sharded``), as :func:`load_model` would.  Without GPUs: ``{}``."""
+    if not free:
+        return {}
+    room = [fraction * int(f) for f in free]
+    largest = max(room)
+    plan: dict[str, str] = {}
+    for role in sorted(weights, key=lambda r: PLACEMENT_ROLES.index(r) if r in PLACEMENT_ROLES else 99):
+        need = int(weights[role])
+        best = max(range(len(room)), key=lambda i: room[i])
+        if need <= room[best]:
+            room[best] -= need
+            plan[role] = f"cuda:{best}"
+        elif need > largest:
+            plan[role] = "sharded"
+        else:
+            plan[role] = "cpu"
+    return plan
+
+
+def checkpoint_bytes(path, dtype, base_bytes: int | None = None) -> int | None:
+    """Bytes the weights of the checkpoint at ``path`` take once loaded in ``dtype``: from the
+    safetensors headers of a model folder; a PEFT adapter folder is merged into a copy of its
+    base (``base_bytes``); ``None`` where unknown (a ``.gguf`` file, pickle weights)."""
+    folder = pathlib.Path(os.path.expanduser(str(path)))
+    if not folder.is_dir():
+        return None
+    if (folder / "adapter_config.json").is_file():
+        return base_bytes
+    files = sorted(folder.glob("*.safetensors"))
+    return weights_bytes(files, dtype) if files else None
 
 
 def _auto_device_map(folder: pathlib.Path, device, dtype) -> bool:

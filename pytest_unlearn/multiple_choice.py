@@ -387,7 +387,9 @@ def letter_scores(scorer: "Scorer", handle: "ModelHandle", dataset: "Dataset", p
         raise MetricError(f"{_model_label(handle)} produced NaN or inf logits on {len(bad)} multiple-choice "
                           f"prompts of {dataset.source}; no verdict can be given. Check the weights for "
                           "overflow, or load in float32 (--unlearn-dtype float32)")
-    scorer.cost.forward_passes += -(-len(contexts) // (scorer.batch_size or 8))
+    from .forward import default_batch_size
+
+    scorer.cost.forward_passes += -(-len(contexts) // (scorer.batch_size or default_batch_size(handle.device)))
     scorer.cost.seconds += time.perf_counter() - t0
     scorer.cache.put(key, {"logprob": np.concatenate(values),
                            "lengths": np.array([len(v) for v in values], dtype=np.int64)})

@@ -269,7 +269,7 @@ class Scorer:
                 f"{len(encoded)} samples (first: {first}); scores computed from them would be meaningless "
                 "(a NaN logit reads as 'wrong token', i.e. as forgotten), so no verdict can be given. Check "
                 "the weights for overflow, or load in float32 (unlearn_dtype / --unlearn-dtype float32)")
-        bs = self.batch_size or 8
+        bs = self.batch_size or default_batch_size(handle.device)  # the size the batches started at
         self.cost.forward_passes += -(-len(encoded) // bs)
         self.cost.seconds += time.perf_counter() - t0
         self.cache.put(key, stats.to_flat())
@@ -342,7 +342,7 @@ class Scorer:
                 f"answers to {len(encoded)} prompts{first}; the generated text (and any metric on it) would "
                 "be meaningless, so no verdict can be given. Check the weights for overflow, or load in "
                 "float32 (unlearn_dtype / --unlearn-dtype float32)")
-        self.cost.generations += -(-len(encoded) // (self.batch_size or 8))
+        self.cost.generations += -(-len(encoded) // (self.batch_size or default_batch_size(handle.device)))
         self.cost.seconds += time.perf_counter() - t0
         self.cache.put(key, {"text": np.array(gens.texts, dtype=str),
                              "budget": np.array(gens.budgets, dtype=np.int64),

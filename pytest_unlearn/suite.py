@@ -80,6 +80,7 @@ class Suite:
         self._scorer: "Scorer | None" = None
         self._calibrations: dict[tuple, "CalibrationResult"] = {}
         self._workspaces: dict[str, Any] = {}  # unlearned fingerprint -> its one calibration working copy
+        self._placement: dict[str, str] | None = None  # role -> device, planned before the first load
         self.calibration_listeners: list[Callable[["CalibrationResult", "ModelHandle"], None]] = []
 
     @classmethod
@@ -133,6 +134,44 @@ class Suite:
         """The models loaded so far, by role (``original``, ``unlearned``, ``reference``)."""
         return {_ROLE_NAMES[r]: h for r, h in self._roles.items()}
 
+    def placement(self) -> dict[str, str]:
+        """The device of every role (``original``, ``model``, ``reference``, ``working copy``),
+        planned once, before the first model is loaded, from the configured checkpoints' sizes
+        and the GPUs' free memory (:func:`~pytest_unlearn.models.plan_placement`).  Only for
+        ``unlearn_device = auto`` on CUDA; ``{}`` otherwise (every role on the configured device)."""
+        if self._placement is None:
+            self._placement = self._plan_placement()
+        return self._placement
+
+    def _plan_placement(self) -> dict[str, str]:
+        if str(self.device or "auto").strip().lower() != "auto":
+            return {}
+        from .models import checkpoint_bytes, gpu_free_bytes, plan_placement, resolve_dtype
+
+        free = gpu_free_bytes()
+        if not free:
+            return {}
+        dtype = resolve_dtype(self.settings.dtype, "cuda")
+        paths = {role: os.path.abspath(os.path.expanduser(os.fspath(getattr(self.settings, role))))
+                 for role in ("model", "original", "reference") if getattr(self.settings, role, None)}
+        original = paths.get("original")
+        base = checkpoint_bytes(original, dtype) if original else None
+        weights, first_role = {}, {}
+        for role, path in paths.items():
+            if path in first_role:  # one checkpoint in two roles is loaded once
+                continue
+            size = checkpoint_bytes(path, dtype, base)
+            if size is not None:
+                weights[role] = size
+                first_role[path] = role
+        if "model" in weights and "original" in paths:  # calibration's working copy of the unlearned model
+            weights["working copy"] = weights["model"]
+        plan = plan_placement(weights, free)
+        for role, path in paths.items():
+            if role not in plan and path in first_role:
+                plan[role] = plan[first_role[path]]
+        return plan
+
     def _role(self, role: str) -> "ModelHandle":
         handle = self._roles.get(role)
         if handle is None:
@@ -151,7 +190,8 @@ class Suite:
         if role != "original" and self.settings.original and (Path(path) / "adapter_config.json").is_file():
             base = self.original  # a PEFT adapter applies on the configured original
         s = self.settings
-        handle = load_model(path, base=base, device=self.device, dtype=s.dtype, allow_pickle=s.allow_pickle,
+        device = self.placement().get(role, self.device) if role else self.device
+        handle = load_model(path, base=base, device=device, dtype=s.dtype, allow_pickle=s.allow_pickle,
                             trust_remote_code=s.trust_remote_code, name=name)
         self._by_path[path] = handle
         return handle
@@ -292,8 +332,11 @@ class Suite:
     # ------------------------------------------------------------ calibration
     def calibration_device(self) -> "str | None":
         """Where calibration's working copy goes: the configured device when it names one
-        (``cpu``, ``cuda``, ``cuda:N``); ``None`` (the unlearned model's device) for ``auto`` and
-        ``sharded``."""
+        (``cpu``, ``cuda``, ``cuda:N``); for ``auto`` on CUDA the device :meth:`placement`
+        planned for it; else ``None`` (the unlearned model's device)."""
+        planned = self.placement().get("working copy")
+        if planned is not None and planned != "sharded":
+            return planned
         device = str(self.device or "auto").strip().lower()
         return None if device in ("auto", "sharded") else device
 
