@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-__all__ = ["number", "parse_number", "text_table", "markdown_table", "markdown_cell", "jsonable", "MISSING"]
+__all__ = ["number", "parse_number", "from_jsonable", "text_table", "markdown_table", "markdown_cell", "jsonable",
+           "MISSING"]
 
 MISSING = "-"
 NON_FINITE = ("nan", "inf", "-inf")
@@ -105,3 +106,14 @@ def jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):  # numpy arrays
         return jsonable(value.tolist())
     return str(value)
+
+
+def from_jsonable(value: Any) -> Any:
+    """The inverse of :func:`jsonable` for numbers: the strings "nan", "inf", "-inf" become floats."""
+    if isinstance(value, str) and value in NON_FINITE:
+        return float(value)
+    if isinstance(value, dict):
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
+    return value

@@ -149,7 +149,8 @@ def allowed(before: float, tolerance: float, m: "Metric") -> float:
 
 def regressed(before: Sequence[float], now: Sequence[float], tolerance: float, m: "Metric") -> list[int]:
     """The samples that show more knowledge than their baseline beyond ``tolerance``."""
-    return [i for i, (b, n) in enumerate(zip(before, now)) if m.more_knowledge(float(n), allowed(float(b), tolerance, m))]
+    return [i for i, (b, n) in enumerate(zip(before, now))
+            if m.more_knowledge(float(n), allowed(float(b), tolerance, m))]
 
 
 def robustness_reasons(pcc: float, slope: float, surface: bool, min_pcc: float,
