@@ -170,22 +170,22 @@ class BaselineStore:
         return lines
 
 
-_STACK: list[BaselineStore] = []
-
-
 def push_store(store: BaselineStore) -> None:
-    _STACK.append(store)
+    from . import session
+
+    session.enter(store=store)
 
 
 def pop_store(store: BaselineStore) -> None:
-    for i in range(len(_STACK) - 1, -1, -1):
-        if _STACK[i] is store:
-            del _STACK[i]
-            return
+    from . import session
+
+    session.leave_part("store", store)
 
 
 def active_store() -> BaselineStore | None:
-    return _STACK[-1] if _STACK else None
+    from . import session
+
+    return session.current("store")
 
 
 def default_name(nodeid: str) -> str:

@@ -15,21 +15,20 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
+from . import session
 from .atomic import write_text_atomically
 from .errors import ConfigError, write_failure
 from .formatting import jsonable, number as fmt, text_table as table
 
-__all__ = ["Recorder", "active_recorder", "record_assertion", "calibration_record",
+__all__ = ["Recorder", "active_recorder", "recording", "record_assertion", "calibration_record",
            "sort_records",
            "user_properties", "summary_lines", "build_report", "write_json", "write_report",
            "report_destination", "REPORT_NAME", "SCHEMA"]
 
 SCHEMA = "pytest-unlearn-report/1"
-
-_STACK: list["Recorder"] = []
-
 
 class Recorder:
     """Collects the records of one session (or one xdist worker)."""
@@ -95,18 +94,24 @@ def _calibration_key(record: dict) -> tuple:
 
 
 def push_recorder(recorder: Recorder) -> None:
-    _STACK.append(recorder)
+    session.enter(recorder=recorder)
 
 
 def pop_recorder(recorder: Recorder) -> None:
-    for i in range(len(_STACK) - 1, -1, -1):
-        if _STACK[i] is recorder:
-            del _STACK[i]
-            return
+    session.leave_part("recorder", recorder)
 
 
 def active_recorder() -> Recorder | None:
-    return _STACK[-1] if _STACK else None
+    return session.current("recorder")
+
+
+@contextmanager
+def recording(recorder: Recorder | None = None) -> Iterator[Recorder]:
+    """``with recording() as rec:`` assertions inside record into ``rec`` (a new Recorder
+    unless one is given), not into the session's report."""
+    rec = recorder if recorder is not None else Recorder()
+    with session.activate(recorder=rec):
+        yield rec
 
 
 def record_assertion(record: dict) -> None:

@@ -4,16 +4,20 @@ no pytest: a verdict is reproducible from the numbers in a report.
 Conventions: ``m`` is a :class:`~pytest_unlearn.metrics.Metric` (only its direction,
 range and chance level are read); a *condition* is ``"none"`` or an attack label; score
 dicts map conditions to per-sample arrays of one length, ``"none"`` first.
+
+Importing this module imports no numpy (the plugin imports the gates in every run); the
+functions do.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from ..metrics import Metric
 
 __all__ = ["BOOTSTRAP_RESAMPLES", "Figures", "reference_rule", "worst_case", "figures", "bootstrap_bound",
@@ -38,6 +42,8 @@ def reference_rule(model: Mapping[str, np.ndarray], reference: Mapping[str, np.n
     Returns ``(counted, kept, explained)``: the scores that count per condition, the mask of
     attacked scores kept, and per attack the number of samples the reference explains (only
     with a reference)."""
+    import numpy as np
+
     conditions = list(model)
     n = len(model["none"])
     counted = {c: np.asarray(model[c], dtype=np.float64) for c in conditions}
@@ -56,6 +62,8 @@ def reference_rule(model: Mapping[str, np.ndarray], reference: Mapping[str, np.n
 def worst_case(counted: Mapping[str, np.ndarray], m: "Metric") -> tuple[np.ndarray, np.ndarray]:
     """Per sample, the most knowledge over the conditions and where it was (an index into
     the conditions, the first on ties)."""
+    import numpy as np
+
     stack = np.vstack([np.asarray(v, dtype=np.float64) for v in counted.values()])
     worst = m.knowledge_max(stack)
     at = (np.argmax if m.higher_is_more_knowledge else np.argmin)(stack, axis=0)
@@ -100,6 +108,8 @@ def bootstrap_bound(values, m: "Metric", reduce: str, confidence: float, seed: i
     resample is reduced as the verdict is (``max`` = the most knowledge, ...), and the bound
     is the ``confidence`` quantile of knowledge over resamples (the ``confidence`` quantile
     of the values when higher means more knowledge, else the ``1 - confidence`` quantile)."""
+    import numpy as np
+
     from ..metrics import reduce_rows
 
     v = np.asarray(values, dtype=np.float64)
@@ -122,7 +132,7 @@ def uninformative_conditions(attacks: Mapping[str, Any], original: Mapping[str, 
 
 def is_vacuous(original_none, m: "Metric", reduce: str, threshold: float) -> bool:
     """The original model already scores within the threshold with no attack."""
-    return not m.more_knowledge(_reduce(original_none, reduce, m), threshold)
+    return not bool(m.more_knowledge(_reduce(original_none, reduce, m), threshold))
 
 
 def forgotten_passes(score: float, threshold: float, m: "Metric", bound: float | None = None) -> bool:
@@ -161,9 +171,9 @@ def robustness_reasons(pcc: float, slope: float, surface: bool, min_pcc: float,
 
     reasons = []
     if not (pcc >= min_pcc):
-        reasons.append(f"PCC {'is NaN' if np.isnan(pcc) else '< ' + fmt(float(min_pcc))}")
+        reasons.append(f"PCC {'is NaN' if math.isnan(pcc) else '< ' + fmt(float(min_pcc))}")
     if max_slope_dev is not None and surface and not (abs(slope - 1.0) <= max_slope_dev):
-        reasons.append(f"|slope-1| {'is NaN' if np.isnan(slope) else '> ' + fmt(float(max_slope_dev))}")
+        reasons.append(f"|slope-1| {'is NaN' if math.isnan(slope) else '> ' + fmt(float(max_slope_dev))}")
     return reasons
 
 
