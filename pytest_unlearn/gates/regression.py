@@ -121,7 +121,7 @@ def _regression(store: BaselineStore, record: dict, test, baseline, metric, unde
     # -- measure, and the threshold-free figures assert_forgotten decides on
     meas = measure_forgetting(suite, m, attacks, handle, dataset)
     fig = figures_of(meas, reduce)
-    forgetting_notes(meas, fig, reduce, None)  # the same warnings (uninformative attacks, lenient reduction)
+    notes, _ = forgetting_notes(meas, fig, reduce, None)  # the same notes and warnings as assert_forgotten
     labels = fig.conditions
     spec_of = {"none": "none", **{label: a.spec for label, a in attacks.items()}}
     worst_attack = fig.worst_attack()
@@ -144,7 +144,7 @@ def _regression(store: BaselineStore, record: dict, test, baseline, metric, unde
     record.update(metric=m.name, direction=m.direction, higher_is_more_knowledge=m.higher_is_more_knowledge,
                   reduce=reduce, under_attack=list(attacks), attack_specs=[a.spec for a in attacks.values()],
                   data=data_info(dataset), model=model_info(handle), seed=suite.settings.seed, tolerance=tolerance,
-                  score=now_reduced, uninformative=fig.uninformative)
+                  score=now_reduced, uninformative=fig.uninformative, notes=notes)
     plain_rows = condition_rows(meas, fig, reduce, None)
 
     old = None
