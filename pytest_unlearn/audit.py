@@ -44,7 +44,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from .errors import AttackError, ConfigError, MetricError, UnlearningAssertionError
+from .errors import AttackError, ConfigError, MetricError
+from .formatting import markdown_table, number as fmt
 
 if TYPE_CHECKING:
     import numpy as np
@@ -204,20 +205,20 @@ class AuditResult:
         lines.append("")
         if self.recommendation:
             r = self.ranking.iloc[0]
-            lines.append(f"**Recommended metric: `{self.recommendation}`** (mean PCC {_f(r['mean_pcc'])}, "
-                         f"mean |slope - 1| {_f(r['mean_abs_slope_dev'])}).")
+            lines.append(f"**Recommended metric: `{self.recommendation}`** (mean PCC {fmt(r['mean_pcc'])}, "
+                         f"mean |slope - 1| {fmt(r['mean_abs_slope_dev'])}).")
         else:
             lines.append("**No recommendation**: no metric could be fitted.")
         lines += ["", "## Ranking", ""]
         lines += markdown_table(["rank", "metric", "mean PCC", "min PCC", "mean |slope-1|", "rows", "NaN rows"],
-                                [[i + 1, r.metric, _f(r.mean_pcc), _f(r.min_pcc), _f(r.mean_abs_slope_dev),
+                                [[i + 1, r.metric, fmt(r.mean_pcc), fmt(r.min_pcc), fmt(r.mean_abs_slope_dev),
                                   r.rows, r.nan_rows] for i, r in enumerate(self.ranking.itertuples())])
         lines += ["", "## Metric x attack x split", ""]
         lines += markdown_table(
             ["metric", "attack", "split", "PCC", "slope", "n", "before", "after", "original before",
              "original after", "flag"],
-            [[r.metric, r.attack, r.split, _f(r.pcc), _f(r.slope), r.n, _f(r.before_mean), _f(r.after_mean),
-              _f(r.original_before), _f(r.original_after), "uninformative" if r.uninformative else ""]
+            [[r.metric, r.attack, r.split, fmt(r.pcc), fmt(r.slope), r.n, fmt(r.before_mean), fmt(r.after_mean),
+              fmt(r.original_before), fmt(r.original_after), "uninformative" if r.uninformative else ""]
              for r in self.table.itertuples()])
         lines += ["", "## Checkpoints", ""]
         lines += markdown_table(["checkpoint", "source"], [[c["name"], c["source"]] for c in self.checkpoints])
@@ -226,8 +227,10 @@ class AuditResult:
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
-        """JSON-ready (NaN written as None)."""
-        return _jsonable({
+        """JSON-ready (:func:`~pytest_unlearn.formatting.jsonable`: NaN written as "nan")."""
+        from .formatting import jsonable
+
+        return jsonable({
             "algorithm": ALGORITHM, "recommendation": self.recommendation, "seed": self.seed,
             "metrics": self.metrics, "attacks": self.attacks, "splits": self.splits,
             "checkpoints": self.checkpoints, "notes": self.notes, "seconds": self.seconds,
@@ -299,7 +302,7 @@ class AuditResult:
                         ax.plot(grid, r["slope"] * grid + r["intercept"], "-", color="tab:orange", linewidth=1)
                 if not hit.empty:
                     r = hit.iloc[0]
-                    title += f": PCC {_f(r['pcc'], 2)}, slope {_f(r['slope'], 2)}"
+                    title += f": PCC {fmt(r['pcc'], 2)}, slope {fmt(r['slope'], 2)}"
                     if r["uninformative"]:
                         title += " (uninf.)"
                 ax.set_title(title, fontsize=7)
@@ -752,31 +755,22 @@ def _summarise(scores, ms, attack_objs, splits):
                            & (scores["split"] == r.split) & (scores["attack"] == r.attack)]["value"]
             side = "after" if after.nunique() <= 1 else "before"
             notes.append(f"{r.metric} under {r.attack} on {r.split}: PCC undefined, every checkpoint scores the same "
-                         f"{side} the attack{f' ({_f(after.iloc[0])})' if side == 'after' and len(after) else ''}; "
+                         f"{side} the attack{f' ({fmt(after.iloc[0])})' if side == 'after' and len(after) else ''}; "
                          "counted as PCC 0 in the ranking")
     for r in table[table["uninformative"]].itertuples():
         notes.append(f"{r.attack} is uninformative for {r.metric} on {r.split}: it also wipes out the original's "
-                     f"knowledge ({_f(r.original_before)} -> {_f(r.original_after)})")
+                     f"knowledge ({fmt(r.original_before)} -> {fmt(r.original_after)})")
     return table, ranking, recommendation, notes
 
 
 def _labelled_attacks(attacks) -> list[tuple[str, Any]]:
     """(label, Attack) pairs: the label is the spec as the user wrote it (an Attack object:
-    its canonical spec); the same attack twice is an error."""
-    from .attacks import parse_attack
+    its canonical spec); the same attack twice is an error (the rule of every gate:
+    :func:`~pytest_unlearn.gates.checks.attack_list`)."""
+    from .gates.checks import attack_list
 
     items = split_attack_list(attacks) if isinstance(attacks, str) else list(attacks)
-    out, seen = [], {}
-    for item in items:
-        a = parse_attack(item)
-        label = item.strip() if isinstance(item, str) else a.spec
-        if label == NONE:
-            raise ConfigError("'none' is not an attack (the no-attack scores are always computed)")
-        if a.spec in seen:
-            raise ConfigError(f"attack {label!r} is listed twice (same as {seen[a.spec]!r})")
-        seen[a.spec] = label
-        out.append((label, a))
-    return out
+    return list(attack_list(items).items())
 
 
 def _dedupe(items: Iterable[str]) -> list[str]:
@@ -858,103 +852,12 @@ def _ranking(table, metric_names: list[str], notes: list[str] | None = None) -> 
     return ranking
 
 
-# ---------------------------------------------------------------- the pytest helper
-
-def assert_metric_robust(metric: str, *, under_attack: Sequence[Any] | str = DEFAULT_ATTACKS,
-                         min_pcc: float = 0.8, max_slope_dev: float | None = None, checkpoints,
-                         splits: Sequence[str] = SPLITS, suite: "Suite | None" = None) -> AuditResult:
-    """Fail unless ``metric`` is robust on the active suite's original model and data: across
-    ``checkpoints`` (handles or paths), the PCC of after- vs before-attack scores reaches
-    ``min_pcc`` for every attack and split, and, when ``max_slope_dev`` is given,
-    ``|slope - 1| <= max_slope_dev`` for every surface-level (prompt) attack.
-
-    Raises :class:`~pytest_unlearn.errors.UnlearningAssertionError` with the table (and the
-    per-checkpoint scores behind every failing row); returns the :class:`AuditResult`.
-    """
-    __tracebackhide__ = True
-    from .metrics import get_metric
-    from .reporting import fmt, table as text_table
-    from .suite import current_suite
-
-    s = current_suite(suite)
-    m = get_metric(metric)
-    if isinstance(min_pcc, bool) or not isinstance(min_pcc, (int, float)) or not -1.0 <= min_pcc <= 1.0:
-        raise ConfigError(f"min_pcc must be a number in [-1, 1], got {min_pcc!r}")
-    if max_slope_dev is not None and (isinstance(max_slope_dev, bool) or not isinstance(max_slope_dev, (int, float))
-                                      or max_slope_dev < 0):
-        raise ConfigError(f"max_slope_dev must be a non-negative number or None, got {max_slope_dev!r}")
-    result = audit_metrics(s.original, checkpoints, s.forget, s.retain, metrics=[m.name], attacks=under_attack,
-                           scorer=s.scorer, seed=s.settings.seed, progress=s.settings.progress, splits=splits,
-                           loader=s.model)
-    body, failing = [], []
-    for r in result.table.itertuples():
-        reasons = []
-        if not (r.pcc >= min_pcc):
-            reasons.append(f"PCC {'is NaN' if math.isnan(r.pcc) else '< ' + fmt(float(min_pcc))}")
-        if max_slope_dev is not None and r.surface and not (abs(r.slope - 1.0) <= max_slope_dev):
-            reasons.append(f"|slope-1| {'is NaN' if math.isnan(r.slope) else '> ' + fmt(float(max_slope_dev))}")
-        verdict = "ok" if not reasons else "fail: " + ", ".join(reasons)
-        if r.uninformative:
-            verdict += " (uninformative attack)"
-        body.append([r.attack, r.split, fmt(r.pcc), fmt(r.slope), str(r.n), fmt(r.before_mean), fmt(r.after_mean),
-                     verdict])
-        if reasons:
-            failing.append(r)
-    if not failing:
-        return result
-    bar = f"PCC >= {fmt(float(min_pcc))}" + (f" and |slope - 1| <= {fmt(float(max_slope_dev))} for prompt attacks"
-                                             if max_slope_dev is not None else "")
-    lines = [f"{m.name} ({m.description}; {m.direction}) is not robust on {len(result.checkpoints)} checkpoints: "
-             f"{len(failing)} of {len(result.table)} attack/split rows miss the bar ({bar})",
-             "(PCC and slope of the after-attack vs before-attack mean scores across the checkpoints; "
-             "robust = PCC near 1, slope near 1 for surface-level attacks)", ""]
-    lines += ["  " + x for x in text_table(body, ["attack", "split", "PCC", "slope", "n", "before", "after",
-                                                  "verdict"], right=range(2, 7))]
-    lines += ["", "per-checkpoint scores behind the failing rows (before -> after):"]
-    for r in failing:
-        before, after = result.before(m.name, r.split), result.after(m.name, r.attack, r.split)
-        pairs = ", ".join(f"{k} {fmt(float(before[k]))} -> {fmt(float(after.get(k, math.nan)))}" for k in before.index)
-        lines.append(f"  {r.attack} / {r.split}: {pairs}")
-    if result.notes:
-        lines += ["", "notes:"] + [f"  - {n}" for n in result.notes]
-    raise UnlearningAssertionError("\n".join(lines), result)
 
 
-# ---------------------------------------------------------------- small helpers
+def __getattr__(name: str):
+    """``assert_metric_robust`` lives with the other gates (:mod:`pytest_unlearn.gates.robust`)."""
+    if name == "assert_metric_robust":
+        from .gates.robust import assert_metric_robust
 
-def _f(value, digits: int = 4) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if abs(v) >= 1000:
-        return f"{v:.4g}"
-    return f"{v:.{digits}f}"
-
-
-def markdown_table(header: list, rows: list[list]) -> list[str]:
-    """A GitHub-flavoured Markdown table (``|`` in cells escaped)."""
-    def cell(x) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in rows]
-    return lines
-
-
-def _jsonable(obj):
-    import numpy as np
-
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+        return assert_metric_robust
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -143,7 +143,7 @@ def _run_audit(args) -> int:
                            scorer=_scorer(args), seed=args.seed, progress=args.progress, splits=splits,
                            controls=not args.no_controls, device=args.device, dtype=args.dtype)
     paths = result.save(args.out, plots=not args.no_plots)
-    from .audit import _f, markdown_table
+    from .formatting import markdown_table, number as _f
 
     print("\n".join(markdown_table(["rank", "metric", "mean PCC", "min PCC", "mean |slope-1|"],
                                    [[i + 1, r.metric, _f(r.mean_pcc), _f(r.min_pcc), _f(r.mean_abs_slope_dev)]

@@ -66,6 +66,15 @@ class UnknownNameError(UnlearnError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnlearnWarning(UserWarning):
+    """Something about an unlearning check the user should know (e.g. an uninformative attack)."""
+
+
+class VacuousCheckError(ConfigError):
+    """``assert_forgotten`` would pass only because the original model already scores within
+    the threshold, and ``unlearn_strict_vacuous`` refuses such passes."""
+
+
 class CacheWarning(UserWarning):
     """The result cache cannot be used (a read-only or blocked folder): the run goes on uncached."""
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from . import methods
 from .errors import ConfigError, UnlearnError
+from .formatting import from_jsonable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -163,7 +163,7 @@ class ComparisonResult:
         return out
 
     def to_markdown(self) -> str:
-        from .audit import _f, markdown_table
+        from .formatting import markdown_table, number as _f
 
         lines = [f"# Calibrated method comparison ({self.metric}, tau = {self.tau:g}, seed {self.seed})", "",
                  f"Every unlearned model is mixed back toward the original (UWC) until its retain {self.metric} "
@@ -228,7 +228,7 @@ def read_runs(path) -> dict[str, dict]:
             if not line:
                 continue
             try:
-                record = json.loads(line)
+                record = from_jsonable(json.loads(line))
             except ValueError:
                 continue
             if isinstance(record, dict) and isinstance(record.get("key"), str) and record.get("algorithm") == ALGORITHM:
@@ -250,20 +250,10 @@ def append_run(path, record: dict) -> None:
 
 
 def _plain(obj):
-    """JSON-safe: numpy unboxed, NaN/inf -> None, tuples -> lists."""
-    try:
-        import numpy as np
-        if isinstance(obj, np.generic):
-            obj = obj.item()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    """JSON-safe (:func:`~pytest_unlearn.formatting.jsonable`: numpy unboxed, NaN/inf as "nan"/"inf")."""
+    from .formatting import jsonable
+
+    return jsonable(obj)
 
 
 # ---------------------------------------------------------------- the comparison

@@ -18,7 +18,7 @@ import pytest
 # before anything imports it; its frames are hidden from tracebacks as well
 pytest.register_assert_rewrite("pytest_unlearn.assertions")
 
-from . import __version__, distributed, reporting  # noqa: E402
+from . import __version__, distributed, reporting, session  # noqa: E402
 from .config import add_options, missing, settings_from_config  # noqa: E402
 from .errors import CacheWarning, UnlearnError, write_failure  # noqa: E402
 
@@ -101,7 +101,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from .suite import push_active
+    from .baseline_hooks import BaselineHooks
 
     if config.getoption("cacheclear", False) and not _is_worker(config):
         from .models import clear_digest_memo
@@ -109,19 +109,17 @@ def pytest_configure(config: pytest.Config) -> None:
         clear_digest_memo()  # the file digests that model fingerprints reuse (docs/configuration.md)
     state = UnlearnState(config)
     config.stash[STATE_KEY] = state
-    reporting.push_recorder(state.recorder)
-    push_active(state.provider)  # assert_forgotten / assert_retained use the session's suite
-    config.pluginmanager.register(BaselineHooks(config, state), "unlearn-baselines")
+    hooks = BaselineHooks(config, state)
+    # the assertions use the session's suite, recorder and baseline store (pytest_unlearn.session)
+    state.frame = session.enter(suite=state.provider, recorder=state.recorder, store=hooks.store)
+    config.pluginmanager.register(hooks, "unlearn-baselines")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = _state(config)
     if state is None:
         return
-    from .suite import pop_active
-
-    pop_active(state.provider)
-    reporting.pop_recorder(state.recorder)
+    session.leave(state.frame)
     if state._suite is not None:
         state._suite.close()
     distributed.teardown()
@@ -284,76 +282,3 @@ def unlearn_baseline(request: pytest.FixtureRequest):
     from .baselines import BaselineCheck
 
     return BaselineCheck(request.node.nodeid)
-
-
-class BaselineHooks:
-    """The baselines' share of the session: the active BaselineStore, which baselines the tests
-    used (xdist workers send theirs), and, from the controller alone, what was written and
-    which baselines went stale in a run that covered the whole suite."""
-
-    def __init__(self, config: pytest.Config, state: UnlearnState):
-        from .baselines import BaselineStore, push_store
-
-        self.config = config
-        self.store = BaselineStore(config.rootpath, update=bool(getattr(state._settings, "update_baselines", False)))
-        self.complete = False
-        push_store(self.store)
-
-    def pytest_unconfigure(self, config: pytest.Config) -> None:
-        from .baselines import pop_store
-
-        pop_store(self.store)
-
-    def pytest_deselected(self, items) -> None:
-        if items:
-            self.store.narrowed = True
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
-        outcome = yield
-        report = outcome.get_result()
-        not_run = report.skipped or (call.when == "setup" and report.failed)
-        if not_run and "unlearn_baseline" in getattr(item, "fixturenames", ()):  # it still owns its baseline
-            from .baselines import default_name
-
-            self.store.mark_used(self.store.path_for(default_name(item.nodeid)), item.nodeid)
-        if call.when == "teardown":
-            self.store.end_test()
-
-    def _narrowed_by_args(self) -> bool:
-        config = self.config
-        if config.args_source != pytest.Config.ArgsSource.ARGS:
-            return False
-        roots = {config.rootpath.resolve()}
-        roots |= {(config.rootpath / p).resolve() for p in config.getini("testpaths") or []}
-        for arg in config.args:
-            path = arg.split("::")[0]
-            if "::" in arg or (config.invocation_params.dir / path).resolve() not in roots:
-                return True
-        return False
-
-    @pytest.hookimpl(tryfirst=True)  # before xdist's worker sends its output
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus) -> None:
-        if _is_worker(self.config):
-            self.config.workeroutput["unlearn_baselines"] = self.store.to_workeroutput()
-            return
-        ran = not any(getattr(self.config.option, o, False) for o in ("collectonly", "setuponly", "setupplan"))
-        self.complete = (ran and not self.store.narrowed and not session.shouldfail and not session.shouldstop
-                         and int(exitstatus) in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED)
-                         and not self._narrowed_by_args())
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node, error) -> None:
-        output = getattr(node, "workeroutput", None) or {}
-        self.store.merge(output.get("unlearn_baselines"))
-        if error or output.get("shouldfail") or output.get("shouldstop"):
-            self.store.narrowed = True  # a worker crashed or stopped early: not every test ran
-
-    def pytest_terminal_summary(self, terminalreporter, exitstatus, config: pytest.Config) -> None:
-        if _is_worker(config) or not distributed.is_main_process():
-            return
-        lines = self.store.summary_lines(complete=self.complete)
-        if lines:
-            terminalreporter.write_sep("=", "unlearning baselines")
-            for line in lines:
-                terminalreporter.write_line(line)

@@ -21,43 +21,25 @@ import math
 import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .atomic import write_text_atomically
+from .formatting import markdown_cell as _cell, markdown_table, number, parse_number
 
 __all__ = ["render", "write_markdown", "main"]
 
 FINGERPRINT_CHARS = 12
+_table = partial(markdown_table, escape=False)  # the cells are Markdown already
 WORST = "worst case\nper sample"
 
 
 # ---------------------------------------------------------------- small helpers
 
-def _num(value: Any) -> float | None:
-    """A float from a report number (``"inf"``/``"nan"`` strings included), else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
-        return float(value)
-    return None
-
-
 def _fmt(value: Any, digits: int = 3) -> str:
-    x = _num(value)
-    if x is None:
-        return "–" if value is None else _cell(value)
-    if math.isnan(x) or math.isinf(x):
-        return str(x)
-    return f"{x:.4g}" if abs(x) >= 1000 else f"{x:.{digits}f}"
-
-
-def _cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell."""
-    text = " ".join(str(value).split())
-    return text.replace("\\", "\\\\").replace("|", "\\|")
+    """A number for a Markdown cell (:func:`~pytest_unlearn.formatting.number`; "–" when missing)."""
+    return _cell(number(value, digits, missing="–"))
 
 
 def _code(value: Any) -> str:
@@ -67,14 +49,6 @@ def _code(value: Any) -> str:
 
 def _short_fp(fingerprint: Any) -> str:
     return str(fingerprint or "")[:FINGERPRINT_CHARS] or "–"
-
-
-def _table(header: list[str], rows: Iterable[list[str]], align: str | None = None) -> list[str]:
-    align = align or "l" * len(header)
-    marks = {"l": "---", "r": "---:", "c": ":---:"}
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks[a] for a in align) + " |"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
 
 
 def _slug(text: str) -> str:
@@ -97,6 +71,8 @@ def _verdict(value: Any) -> str:
 def _threshold_text(rec: dict) -> str:
     higher = rec.get("higher_is_more_knowledge", True)
     t = _fmt(rec.get("threshold"))
+    if rec.get("kind") == "robust":  # a PCC: the least required
+        return "≥ " + t
     if rec.get("kind") == "retained":
         return ("≥ " if higher else "≤ ") + t
     return ("≤ " if higher else "≥ ") + t
@@ -256,8 +232,8 @@ def _calibration_section(calibrations: list[dict], plot: str | None) -> list[str
              "the original's is kept; candidates are then compared by their forget score at equal "
              "retention (lower = stronger unlearning).", ""]
     rows = []
-    ordered = sorted(calibrations, key=lambda c: (_num(c.get("forget_score")) is None,
-                                                  _num(c.get("forget_score")) or 0.0))
+    ordered = sorted(calibrations, key=lambda c: (parse_number(c.get("forget_score")) is None,
+                                                  parse_number(c.get("forget_score")) or 0.0))
     for c in ordered:
         model = c.get("model") or {}
         name = model.get("name") or "?"
@@ -299,7 +275,7 @@ def attack_panels(groups: dict, labels: dict, reference_fingerprint: str | None 
         for rec in records:
             if rec.get("kind") != "forgotten" or rec.get("verdict") == "error" or rec.get("calibrate"):
                 continue
-            panel = panels.setdefault((rec.get("metric"), _num(rec.get("threshold")),
+            panel = panels.setdefault((rec.get("metric"), parse_number(rec.get("threshold")),
                                        rec.get("higher_is_more_knowledge", True)),
                                       {"models": {}, "original": {}, "reference": {}, "conditions": []})
             scores = panel["models"].setdefault(labels[key], {})
@@ -310,12 +286,12 @@ def attack_panels(groups: dict, labels: dict, reference_fingerprint: str | None 
                 cond = row.get("attack")
                 if cond not in panel["conditions"]:
                     panel["conditions"].append(cond)
-                scores[cond] = _num(row.get("score"))
+                scores[cond] = parse_number(row.get("score"))
                 for role in ("original", "reference"):
-                    if _num(row.get(role)) is not None:
-                        panel[role][cond] = _num(row.get(role))
+                    if parse_number(row.get(role)) is not None:
+                        panel[role][cond] = parse_number(row.get(role))
             if len(rows) > 1:
-                scores[WORST] = _num(rec.get("score"))
+                scores[WORST] = parse_number(rec.get("score"))
     return panels
 
 
@@ -380,20 +356,20 @@ def _calibration_plot(calibrations: list[dict], out_dir: Path, stem: str) -> str
         name = model.get("name") or "?"
         if model.get("source") and not str(model["source"]).startswith("<"):
             name = os.path.basename(str(model["source"]).rstrip("/\\")) or name
-        curve = [p for p in c.get("curve") or [] if _num(p.get("alpha")) is not None]
-        curve.sort(key=lambda p: _num(p["alpha"]))
+        curve = [p for p in c.get("curve") or [] if parse_number(p.get("alpha")) is not None]
+        curve.sort(key=lambda p: parse_number(p["alpha"]))
         for ax, field in ((ax_r, "retain_score"), (ax_f, "forget_score")):
-            pts = [(_num(p["alpha"]), _num(p.get(field))) for p in curve]
+            pts = [(parse_number(p["alpha"]), parse_number(p.get(field))) for p in curve]
             pts = [(a, s) for a, s in pts if s is not None and math.isfinite(s)]
             if pts:  # with two points the line is no measurement: draw it faintly
                 style = "o-" if len(pts) > 2 else "o:"
                 line, = ax.plot([a for a, _ in pts], [s for _, s in pts], style, markersize=4, label=name,
                                 linewidth=1.5 if len(pts) > 2 else 0.8)
-                alpha = _num(c.get("alpha"))
+                alpha = parse_number(c.get("alpha"))
                 if alpha is not None:
                     ax.axvline(alpha, color=line.get_color(), linestyle=":", linewidth=1)
-        if _num(c.get("target")) is not None:
-            targets.add((round(_num(c["target"]), 6), _num(c.get("tau"))))
+        if parse_number(c.get("target")) is not None:
+            targets.add((round(parse_number(c["target"]), 6), parse_number(c.get("tau"))))
     for target, tau in sorted(targets):
         ax_r.axhline(target, color="gray", linestyle="--", linewidth=1,
                      label=f"bar (tau = {tau:g})" if tau is not None else "bar")

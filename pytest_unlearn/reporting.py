@@ -13,23 +13,22 @@ Pure Python: no torch, numpy or pandas here (the plugin imports this module in e
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
+from . import session
 from .atomic import write_text_atomically
 from .errors import ConfigError, write_failure
+from .formatting import jsonable, number as fmt, text_table as table
 
-__all__ = ["Recorder", "active_recorder", "record_assertion", "calibration_record",
+__all__ = ["Recorder", "active_recorder", "recording", "record_assertion", "calibration_record",
            "sort_records",
            "user_properties", "summary_lines", "build_report", "write_json", "write_report",
            "report_destination", "REPORT_NAME", "SCHEMA"]
 
 SCHEMA = "pytest-unlearn-report/1"
-
-_STACK: list["Recorder"] = []
-
 
 class Recorder:
     """Collects the records of one session (or one xdist worker)."""
@@ -95,18 +94,24 @@ def _calibration_key(record: dict) -> tuple:
 
 
 def push_recorder(recorder: Recorder) -> None:
-    _STACK.append(recorder)
+    session.enter(recorder=recorder)
 
 
 def pop_recorder(recorder: Recorder) -> None:
-    for i in range(len(_STACK) - 1, -1, -1):
-        if _STACK[i] is recorder:
-            del _STACK[i]
-            return
+    session.leave_part("recorder", recorder)
 
 
 def active_recorder() -> Recorder | None:
-    return _STACK[-1] if _STACK else None
+    return session.current("recorder")
+
+
+@contextmanager
+def recording(recorder: Recorder | None = None) -> Iterator[Recorder]:
+    """``with recording() as rec:`` assertions inside record into ``rec`` (a new Recorder
+    unless one is given), not into the session's report."""
+    rec = recorder if recorder is not None else Recorder()
+    with session.activate(recorder=rec):
+        yield rec
 
 
 def record_assertion(record: dict) -> None:
@@ -140,61 +145,17 @@ def sort_records(records: Iterable[dict]) -> list[dict]:
                                           str(r.get("kind")), str(r.get("metric"))))
 
 
-def jsonable(value: Any) -> Any:
-    """Plain JSON values; non-finite floats become the strings "inf", "-inf", "nan"."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if hasattr(value, "item"):  # numpy scalars
-        try:
-            return jsonable(value.item())
-        except (TypeError, ValueError):  # an array (of other than one element)
-            pass
-    return str(value)
-
-
 # ---------------------------------------------------------------- formatting
-
-def fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return str(value)
-    if abs(value) >= 1000:
-        return f"{value:.4g}"
-    return f"{value:.4f}"
-
 
 def bound_text(record: dict) -> str:
     """``<= 0.0500`` (the most knowledge allowed) or ``>= 0.9000`` (the least required)."""
     higher = record.get("higher_is_more_knowledge", True)
     threshold = record.get("threshold")
+    if record.get("kind") == "robust":  # a PCC: the least required, whichever way the metric points
+        return ">= " + fmt(threshold)
     if record.get("kind") == "retained":
         return (">= " if higher else "<= ") + fmt(threshold)
     return ("<= " if higher else ">= ") + fmt(threshold)
-
-
-def table(rows: list[list[str]], header: list[str], right: Iterable[int] = ()) -> list[str]:
-    """An aligned plain-text table."""
-    right = set(right)
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-
-    def line(r):
-        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
-        return "  ".join(cells).rstrip()
-
-    return [line(header)] + [line(r) for r in rows]
 
 
 def user_properties(record: dict, taken: Iterable[str] = ()) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import Settings, worker_device
 from .errors import AttackError, ConfigError, UnlearnError
@@ -35,27 +35,28 @@ __all__ = ["Suite", "current_suite"]
 _USE_ENV = object()
 _ROLE_NAMES = {"original": "original", "model": "unlearned", "reference": "reference"}
 
-# active suites (or lazy providers of one); the last one wins
-_STACK: list[Union["Suite", Callable[[], "Suite"]]] = []
-
-
+# the active suite (or a lazy provider of one) is held by pytest_unlearn.session; the newest wins
 def push_active(suite_or_provider) -> None:
-    _STACK.append(suite_or_provider)
+    from . import session
+
+    session.enter(suite=suite_or_provider)
 
 
 def pop_active(suite_or_provider) -> None:
-    for i in range(len(_STACK) - 1, -1, -1):
-        if _STACK[i] is suite_or_provider:
-            del _STACK[i]
-            return
+    from . import session
+
+    session.leave_part("suite", suite_or_provider)
 
 
 def current_suite(suite: "Suite | None" = None) -> "Suite":
-    """``suite`` if given, else the active one, else a ConfigError saying how to get one."""
+    """``suite`` if given, else the active one (:mod:`pytest_unlearn.session`), else a ConfigError
+    saying how to get one."""
+    from . import session
+
     if suite is not None:
         return suite
-    if _STACK:
-        top = _STACK[-1]
+    top = session.current("suite")
+    if top is not None:
         return top if isinstance(top, Suite) else top()
     raise ConfigError(
         "no active pytest-unlearn suite: run the assertion under pytest with the plugin enabled "

@@ -216,63 +216,6 @@ def tofu_forget_quality(model=None, data=None, *, suite: "Suite | None" = None) 
     return ForgetQualityResult(p, d, None, frame, True, notes)
 
 
-def assert_forget_quality(min_p: float = 0.05, *, model=None, data=None,
-                          suite: "Suite | None" = None) -> ForgetQualityResult:
-    """Fail unless TOFU's forget quality (the KS p-value of truth ratios, unlearned vs the
-    session's reference model, on the forget set) is at least ``min_p``."""
-    __tracebackhide__ = True
-    from .assertions import _guarded
-    from .errors import UnlearningAssertionError
-
-    record = {"kind": "forget_quality", "metric": "forget_quality", "verdict": "error", "threshold": min_p,
-              "reduce": "mean", "higher_is_more_knowledge": False,
-              "direction": "higher = closer to the reference model (forgotten)"}
-    result = _guarded(record, lambda: _forget_quality_check(record, min_p, model, data, suite))
-    if not result.passed:
-        raise UnlearningAssertionError(result.message, result)
-    return result
-
-
-def _forget_quality_check(record: dict, min_p, model, data, suite) -> ForgetQualityResult:
-    from .assertions import _data_info, _model_info, _number
-    from .errors import ConfigError
-    from .reporting import fmt
-    from .suite import current_suite
-
-    min_p = _number("min_p", min_p)
-    if not 0.0 <= min_p <= 1.0:
-        raise ConfigError(f"min_p is a p-value threshold in [0, 1], got {min_p:g}")
-    suite = current_suite(suite)
-    result = tofu_forget_quality(model, data, suite=suite)
-    dataset = suite.data(data, default="forget")
-    handle = suite.model(model)
-    result.min_p = min_p
-    result.passed = result.p_value >= min_p
-    result.record = record
-    record.update(verdict=result.verdict, score=result.p_value, statistic=result.statistic, threshold=min_p,
-                  log10_p=result.log10, data=_data_info(dataset), model=_model_info(handle),
-                  reference=_model_info(suite.reference), notes=result.notes,
-                  attacks=[{"attack": "none", "kind": None, "score": result.p_value, "original": None,
-                            "reference": None, "verdict": "ok" if result.passed else "leak"}],
-                  samples={sid: {"scores": {"none": float(row.model)}, "reference": {"none": float(row.reference)}}
-                           for sid, row in result.scores.iterrows()})
-    if not result.passed:
-        med = result.scores.median()
-        result.message = "\n".join([
-            f"forget quality (TOFU: KS two-sample p-value of the truth ratios P(perturbed)/P(paraphrased), "
-            f"{handle.name} model vs the reference model, on {dataset.name}: {len(dataset)} samples, "
-            f"{dataset.source})",
-            f"p = {result.p_value:.4g} (log10 {result.log10:.2f}) is below min_p {fmt(min_p)}: the {handle.name} "
-            f"model's truth ratios are distinguishable from a model that never saw the forget set "
-            f"(KS statistic {fmt(result.statistic)}; median truth ratio {fmt(float(med['model']))} vs the "
-            f"reference's {fmt(float(med['reference']))})",
-            *result.notes,
-            "next: unlearn further (more steps, a stronger forget loss) or, if the truth ratios are now "
-            "*below* the reference's, less: over-unlearning is as distinguishable as remembering"])
-        record["message"] = result.message
-    return result
-
-
 _SPLITS = (("retain", "retain"), ("real_authors", "ra"), ("world_facts", "wf"))
 
 
@@ -334,3 +277,12 @@ def _missing_column(dataset, split: str, column: str):
 
     return DataError(f"TOFU's {split} split needs a {column!r} column (TOFU's {split}_perturbed has it); "
                      f"this file has {', '.join(map(repr, dataset.frame.columns))}", path=dataset.source)
+
+
+def __getattr__(name: str):
+    """``assert_forget_quality`` lives with the other gates (:mod:`pytest_unlearn.gates.forget_quality`)."""
+    if name == "assert_forget_quality":
+        from .gates.forget_quality import assert_forget_quality
+
+        return assert_forget_quality
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -652,15 +652,12 @@ def test_arbitrary_assertion_arguments_raise_only_documented_errors():
     @settings(max_examples=200, deadline=None, derandomize=True)
     @given(metrics, anything, reduces, st.one_of(st.none(), anything), attacks)
     def check(metric, threshold, reduce, confidence, under_attack):
-        recorder = reporting.Recorder()  # keep these records out of this session's summary
-        reporting.push_recorder(recorder)
-        try:
-            assert_forgotten(metric, threshold, reduce=reduce, confidence=confidence,
-                             under_attack=under_attack, suite=suite)
-        except UnlearnError:
-            pass
-        finally:
-            reporting.pop_recorder(recorder)
+        with reporting.recording() as recorder:  # keep these records out of this session's summary
+            try:
+                assert_forgotten(metric, threshold, reduce=reduce, confidence=confidence,
+                                 under_attack=under_attack, suite=suite)
+            except UnlearnError:
+                pass
         assert [r["verdict"] for r in recorder.assertions] == ["error"]
 
     check()

@@ -106,13 +106,13 @@ def test_default_name():
 
 
 def test_the_flag_creates_deterministic_diff_friendly_baselines(world, toy_world):
-    import pytest_unlearn.baselines as baselines
+    from pytest_unlearn import session
 
     world.makepyfile(test_suite=CREATE)
-    before = list(baselines._STACK)
+    before = session.frames()
     result = world.runpytest(FLAG)
     result.assert_outcomes(passed=3)
-    assert baselines._STACK == before  # the inner session cleaned up
+    assert session.frames() == before  # the inner session cleaned up
     result.stdout.fnmatch_lines(["*= unlearning baselines =*",
                                  "created unlearn-baselines/forget-prob.json",
                                  "created unlearn-baselines/test_default_name.json",

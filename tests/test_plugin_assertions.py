@@ -22,10 +22,8 @@ from pytest_unlearn.data import load_dataset
 @pytest.fixture(autouse=True)
 def recorder():
     """A private recorder: the records of these direct calls stay out of this session's summary."""
-    rec = reporting.Recorder()
-    reporting.push_recorder(rec)
-    yield rec
-    reporting.pop_recorder(rec)
+    with reporting.recording() as rec:
+        yield rec
 
 
 @pytest.fixture(scope="module")
@@ -140,17 +138,17 @@ def test_an_unknown_metric_suggests_the_nearest(good):
         assert_forgotten("ess", 0.1, suite=good)
 
 
-def test_without_an_active_suite_the_error_says_how_to_get_one(monkeypatch, good):
-    import pytest_unlearn.suite as suite_module
+def test_without_an_active_suite_the_error_says_how_to_get_one(good):
+    from pytest_unlearn import session
 
-    monkeypatch.setattr(suite_module, "_STACK", [])
-    with pytest.raises(ConfigError, match=r"no active pytest-unlearn suite.*Suite\.from_paths"):
-        assert_forgotten("es", 0.3)
-    good.activate()
-    try:
-        assert assert_forgotten("es", 0.3).passed
-    finally:
-        good.deactivate()
+    with session.isolated():
+        with pytest.raises(ConfigError, match=r"no active pytest-unlearn suite.*Suite\.from_paths"):
+            assert_forgotten("es", 0.3)
+        good.activate()
+        try:
+            assert assert_forgotten("es", 0.3).passed
+        finally:
+            good.deactivate()
 
 
 def test_model_and_data_from_paths_and_records(bad, toy_world):

@@ -135,12 +135,11 @@ def test_fixtures_load_models_and_data(pytester, toy_world):
             assert list(result.values.index) == forget_set.ids and result.reduced > 0.9
             assert unlearn.score("es", reduce="max").reduced == unlearn.score("es").values.max()
     """)
-    import pytest_unlearn.reporting as reporting
-    import pytest_unlearn.suite as suite_module
+    from pytest_unlearn import session
 
-    before = (list(suite_module._STACK), list(reporting._STACK))
+    before = session.frames()
     pytester.runpytest().assert_outcomes(passed=1)
-    assert (suite_module._STACK, reporting._STACK) == before  # the inner session cleaned up
+    assert session.frames() == before  # the inner session cleaned up (suite, recorder and baseline store)
 
 
 def test_missing_configuration_is_a_clean_error_naming_key_and_flag(pytester):

@@ -133,10 +133,8 @@ def original_suite(toy_world, nine):
 def recorder():
     from pytest_unlearn import reporting
 
-    rec = reporting.Recorder()
-    reporting.push_recorder(rec)
-    yield rec
-    reporting.pop_recorder(rec)
+    with reporting.recording() as rec:
+        yield rec
 
 
 def test_the_score_fixture_reduces_in_the_knowledge_direction(original_suite):

@@ -234,7 +234,9 @@ def find_leak(metric, threshold, *, model=None, data=None, samples: int | Sequen
         raise ConfigError("leak search needs hypothesis: pip install hypothesis") from exc
     suite = _resolve_suite(suite, model, data)
     m = get_metric(metric)
-    threshold = _check_threshold(m, threshold)
+    from ..gates.checks import check_threshold
+
+    threshold = check_threshold(m, threshold)
     max_examples = _positive_int("max_examples", max_examples)
     max_steps = _positive_int("max_steps", max_steps)
     kinds = _check_kinds(kinds)
@@ -478,16 +480,6 @@ def _resolve_suite(suite: Suite | None, model, data) -> Suite:
         if model is not None and data is not None and not isinstance(model, (str, os.PathLike)):
             return Suite()  # a notebook that passes a loaded model and a data set
         raise
-
-
-def _check_threshold(m: "Metric", threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) and not hasattr(threshold, "__float__"):
-        raise ConfigError(f"threshold must be a number, got {threshold!r}")
-    t = float(threshold)
-    if math.isnan(t) or not m.in_range(t):
-        raise ConfigError(f"threshold {t:g} is outside the range of {m.name} "
-                          f"[{m.lower_bound:g}, {m.upper_bound:g}] ({m.direction})")
-    return t
 
 
 def _positive_int(name: str, value) -> int:

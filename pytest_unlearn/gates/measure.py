@@ -1,0 +1,131 @@
+"""Measuring: the only layer of a gate that touches models.  It scores the model under
+test and its controls (the original, the reference) under no attack and every attack
+and returns plain arrays (:class:`Measurement`); the verdict is decided elsewhere
+(:mod:`.verdict`) from those arrays alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .record import cost_delta
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..data import Dataset
+    from ..metrics import Metric
+    from ..models import ModelHandle
+    from ..suite import Suite
+
+__all__ = ["Measurement", "controls_of", "measure_forgetting", "measure_retained", "generate", "generate_under"]
+
+
+@dataclass
+class Measurement:
+    """Per-sample scores of one metric on one data set.  ``model`` and every entry of
+    ``controls`` (role -> scores) map a condition (``"none"`` first, then the attack labels)
+    to an array of per-sample scores; ``outcomes`` and ``costs`` are per condition."""
+
+    metric: "Metric"
+    dataset: "Dataset"
+    handle: "ModelHandle"
+    attacks: dict[str, Any]  # label -> Attack
+    model: dict[str, "np.ndarray"]
+    controls: dict[str, dict[str, "np.ndarray"]] = field(default_factory=dict)
+    outcomes: dict[str, Any] = field(default_factory=dict)
+    costs: dict[str, dict] = field(default_factory=dict)
+    truncated: list[str] = field(default_factory=list)  # samples whose prompt was cut to fit the context
+
+    @property
+    def conditions(self) -> list[str]:
+        return list(self.model)
+
+
+def controls_of(suite: "Suite", handle) -> dict[str, "ModelHandle"]:
+    """The control models configured (``original``, ``reference``), checked to share the
+    tokenizer of ``handle`` (per-token scores compare only under one tokenizer)."""
+    from ..models import check_same_tokenizer
+
+    controls = {}
+    if suite.has("original"):
+        controls["original"] = suite.original
+    if suite.reference is not None:
+        controls["reference"] = suite.reference
+    for control in controls.values():
+        check_same_tokenizer(handle, control, "their per-token scores cannot be compared")
+    return controls
+
+
+def measure_forgetting(suite: "Suite", m: "Metric", attacks: dict[str, Any], handle, dataset) -> Measurement:
+    """Scores of ``handle`` and of every control under no attack and each attack (memoised by
+    model fingerprint, so a model in two roles runs once)."""
+    import numpy as np
+
+    controls = controls_of(suite, handle)
+    memo: dict[tuple, tuple] = {}
+    truncated: set[str] = set()
+
+    def run(h, attack):
+        key = (h.fingerprint, attack.spec if attack is not None else "none")
+        if key not in memo:
+            if attack is None:
+                before = suite.scorer.cost.as_dict()
+                values = suite.scorer.per_sample(m, h, dataset)
+                if h is handle:
+                    truncated.update(getattr(suite.scorer, "truncated", None) or [])
+                memo[key] = (np.asarray(values, dtype=np.float64), None,
+                             cost_delta(before, suite.scorer.cost.as_dict()))
+            else:
+                outcome = suite.run_attack(attack, m, h, dataset)
+                memo[key] = (outcome.values, outcome, dict(outcome.cost or {}))
+        return memo[key]
+
+    conditions = ["none"] + list(attacks)
+    out = Measurement(m, dataset, handle, dict(attacks), {})
+    for c in conditions:
+        out.model[c], out.outcomes[c], out.costs[c] = run(handle, attacks.get(c))
+    for role, h in controls.items():
+        out.controls[role] = {c: run(h, attacks.get(c))[0] for c in conditions}
+    out.truncated = sorted(truncated)
+    return out
+
+
+def measure_retained(suite: "Suite", m: "Metric", handle, dataset) -> Measurement:
+    """Scores of ``handle`` and of the original model (one pass when they are one model)."""
+    import numpy as np
+
+    from ..models import check_same_tokenizer
+
+    original = suite.original
+    check_same_tokenizer(handle, original, "their retain scores cannot be compared")
+    before = suite.scorer.cost.as_dict()
+    mv = np.asarray(suite.scorer.per_sample(m, handle, dataset), dtype=np.float64)
+    ov = mv if original.fingerprint == handle.fingerprint else \
+        np.asarray(suite.scorer.per_sample(m, original, dataset), dtype=np.float64)
+    return Measurement(m, dataset, handle, {}, {"none": mv}, {"original": {"none": ov}}, {"none": None},
+                       {"none": cost_delta(before, suite.scorer.cost.as_dict())})
+
+
+def generate(suite: "Suite", handle, dataset, positions: list[int]) -> list[str]:
+    """Greedy answers for a few samples; a failure is shown, never raised over the verdict."""
+    if not positions:
+        return []
+    from ..prompts import dataset_parts
+
+    try:
+        parts = dataset_parts(dataset)
+        names = [f"{dataset.source} sample {dataset.ids[i]}" for i in positions]
+        return list(suite.scorer.generate(handle, [parts[i] for i in positions], names))
+    except Exception as exc:  # noqa: BLE001 - the message must still come out
+        return [f"<generation failed: {type(exc).__name__}: {exc}>"] * len(positions)
+
+
+def generate_under(suite: "Suite", attack, handle, dataset, positions: list[int], outcome) -> list[str] | None:
+    """Greedy answers under an attack (``Attack.generate``); ``None`` where the attack cannot
+    generate; a failure is shown, never raised over the verdict."""
+    try:
+        texts = attack.generate(handle, dataset, positions, suite.attack_context(), outcome)
+    except Exception as exc:  # noqa: BLE001 - the message must still come out
+        return [f"<generation under {attack.spec} failed: {type(exc).__name__}: {exc}>"] * len(positions)
+    return None if texts is None else [str(t) for t in texts]

@@ -1,0 +1,55 @@
+"""The layers of docs/architecture.md: only the wiring imports pytest; the verdict layer
+imports no model code, no pytest, and no numpy at import."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pytest_unlearn"
+WIRING = {"plugin.py", "baseline_hooks.py", "config.py", "distributed.py"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an import statement names, at any depth (inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    return names
+
+
+def test_the_core_never_imports_pytest():
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel in WIRING:
+            continue
+        bad = {n for n in imported_modules(path) if n.split(".")[0] in ("pytest", "_pytest")}
+        if bad:
+            offenders[rel] = sorted(bad)
+    assert offenders == {}
+
+
+def test_the_verdict_layer_imports_no_model_code():
+    allowed_relative = {"..metrics", "..attacks.base", "..formatting", "..errors"}
+    for name in ("verdict.py", "checks.py", "record.py"):
+        found = imported_modules(PACKAGE / "gates" / name)
+        relative = {n for n in found if n.startswith(".")}
+        absolute = {n.split(".")[0] for n in found if not n.startswith(".")}
+        assert absolute <= {"__future__", "math", "time", "dataclasses", "typing", "numpy"}, (name, absolute)
+        assert relative <= allowed_relative | {"..", ".", "..attacks", ".record"}, (name, relative)
+        assert not {"..suite", "..models", "..scoring"} & relative
+
+
+def test_gates_import_light():
+    code = ("import sys\n"
+            "import pytest_unlearn.gates.verdict, pytest_unlearn.gates.checks, pytest_unlearn.gates.record\n"
+            "import pytest_unlearn.formatting, pytest_unlearn.session, pytest_unlearn.assertions\n"
+            "heavy = [m for m in ('torch', 'transformers', 'numpy', 'pandas', 'pytest') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
