@@ -16,8 +16,10 @@ dequantised to float32):
 
 Every model is cached: its folder holds ``build-info.json`` with a key that hashes the
 build configuration, the data files and the models it was made from, and a model whose
-key still matches is reused.  Progress (training steps, losses, ES of each model) is
-printed while it runs.  Fine-tuning uses an answer-only loss on the very tokens the suite
+key still matches is reused.  Progress is printed while it runs: a line per model (model k
+of n, what it is trained on, an estimate of its time and of the build's), a line every
+sixth of its steps (step k of n, loss, seconds per step, time left) and its ES at the end;
+estimates are the seconds per sequence pass measured so far times the passes left.  Fine-tuning uses an answer-only loss on the very tokens the suite
 scores (the tokenizer's chat template), float32, on the CPU unless ``--device cuda``.
 """
 
@@ -39,8 +41,8 @@ BUILD_VERSION = 1  # bump to rebuild every model after a change to this script's
 
 # Fine-tuning that puts the facts into the model (AdamW, answer-only loss, EOS appended).
 FINETUNE = {
-    "reference": {"data": ["retain"], "steps": 30, "lr": 1e-4, "batch_size": 8, "seed": 0},
-    "original": {"data": ["forget", "retain"], "steps": 30, "lr": 1e-4, "batch_size": 8, "seed": 1},
+    "reference": {"data": ["retain"], "steps": 24, "lr": 2e-4, "batch_size": 8, "seed": 0},
+    "original": {"data": ["forget", "retain"], "steps": 24, "lr": 2e-4, "batch_size": 8, "seed": 1},
 }
 
 # Unlearning candidates: pytest_unlearn.methods.unlearn(method, original, forget, retain, **params).
@@ -49,8 +51,8 @@ FINETUNE = {
 # a plain extraction check, but a few fine-tuning steps on *other* forgotten facts bring
 # the knowledge back (the relearning attack).
 CANDIDATES = {
-    "gd": {"method": "gd", "steps": 30, "lr": 4e-5, "batch_size": 8, "retain_weight": 3.0,
-           "about": "gradient difference, 30 steps: ascent on the forget answers, descent on the retain answers"},
+    "gd": {"method": "gd", "steps": 19, "lr": 1.5e-4, "batch_size": 4, "retain_weight": 3.0,
+           "about": "gradient difference, 19 steps: ascent on the forget answers, descent on the retain answers"},
 }
 
 
@@ -58,6 +60,54 @@ CANDIDATES = {
 
 def log(message: str) -> None:
     print(f"[build {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def work_of(name: str) -> int:
+    """Sequence passes (forward + backward on one sequence) of a model's training: the unit
+    of the build's time estimates.  A gd step trains on a forget and a retain batch."""
+    cfg = FINETUNE.get(name) or CANDIDATES[name]
+    per_step = cfg["batch_size"] * (2 if cfg.get("method") in ("gd", "kl", "npo", "idk") else 1)
+    return cfg["steps"] * per_step
+
+
+class Progress:
+    """Time estimates for the build: seconds per sequence pass, measured on the steps done so
+    far, times the passes left (this model's, and every model's still to build)."""
+
+    def __init__(self, todo: list[str]):
+        self.left = {n: work_of(n) for n in todo}
+        self.total = len(todo)
+        self.seconds = 0.0  # training seconds measured so far
+        self.passes = 0     # sequence passes they covered
+
+    def rate(self) -> float | None:
+        return self.seconds / self.passes if self.passes else None
+
+    def start(self, name: str, what: str) -> None:
+        index = self.total - len(self.left) + 1
+        rate = self.rate()
+        eta = (f"; about {duration(rate * self.left[name])} for this model, {duration(rate * sum(self.left.values()))} "
+               "for the build" if rate else "; estimate after its first step")
+        log(f"model {index} of {self.total}: {name}: {what} ({self.left[name]} sequence passes{eta})")
+
+    def step(self, name: str, k: int, n: int, seconds: float, passes: int, note: str = "") -> None:
+        """Record one training step (``seconds`` for ``passes`` sequence passes); print a line
+        with the estimates after the first step, every sixth of the run and at the end."""
+        self.seconds += seconds
+        self.passes += passes
+        self.left[name] = max(0, self.left[name] - passes)
+        if k == 1 or k == n or k % max(1, n // 6) == 0:
+            rate = self.rate()
+            log(f"{name}: step {k}/{n}{note}, {seconds:.1f} s/step; about {duration(rate * self.left[name])} left "
+                f"for this model, {duration(rate * sum(self.left.values()))} for the build")
+
+    def done(self, name: str) -> None:
+        self.left.pop(name, None)
 
 
 def sha256_file(path: Path) -> str:
@@ -148,30 +198,28 @@ def answer_loss(model, batch):
     return torch.nn.functional.cross_entropy(logits, labels[mask])
 
 
-def finetune(handle, encoded, *, steps, lr, batch_size, seed, desc):
+def finetune(handle, encoded, *, steps, lr, batch_size, seed, name, progress):
     """Full fine-tuning in place (embeddings frozen: they are tied to the LM head)."""
     import torch
-    from tqdm.auto import tqdm
 
     from pytest_unlearn.training import collate, pad_id, seeded_batches
 
     model = handle.model
-    for name, p in model.named_parameters():
-        p.requires_grad_("embed_tokens" not in name)
+    for pname, p in model.named_parameters():
+        p.requires_grad_("embed_tokens" not in pname)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
-    bar = tqdm(seeded_batches(len(encoded), batch_size, steps, seed), total=steps, desc=desc, unit="step",
-               dynamic_ncols=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for idx in bar:
+        for k, idx in enumerate(seeded_batches(len(encoded), batch_size, steps, seed), 1):
+            t = time.perf_counter()
             loss = answer_loss(model, collate(encoded, idx, pad_id(handle.tokenizer), handle.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            progress.step(name, k, steps, time.perf_counter() - t, len(idx), note=f", loss {loss.item():.4f}")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -221,6 +269,7 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
         f"{', '.join(n for n in wanted if n not in stale) or 'none'}")
     started = time.perf_counter()
     sets = [data["forget"], data["retain"], data["holdout"]]
+    progress = Progress(stale)
 
     handles = {}
     if "reference" in stale or ("original" in stale):
@@ -228,14 +277,16 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
         if "reference" in stale:
             log("loading SmolLM2-135M-Instruct (GGUF, dequantised to float32)")
             base, _ = load_base(device)
-            log(f"base model ES before fine-tuning: {measure(base, sets)}")
             cfg = FINETUNE["reference"]
+            progress.start("reference", f"base + {cfg['steps']} steps of {cfg['batch_size']} on the retain facts")
             finetune(base, encode_for_training(base, [data[n] for n in cfg["data"]]), steps=cfg["steps"],
-                     lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"], desc="reference (retain only)")
+                     lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"], name="reference",
+                     progress=progress)
             scores = measure(base, sets)
             base.save(folders["reference"])
             write_info(folders["reference"], keys["reference"], config=cfg, base=base_id, es=scores)
             log(f"reference saved ({time.perf_counter() - t:.0f} s), ES {scores}")
+            progress.done("reference")
             handles["reference"] = base
         else:
             handles["reference"] = load_model(folders["reference"], device=device, name="reference")
@@ -243,12 +294,15 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
         t = time.perf_counter()
         handle = handles.pop("reference")
         cfg = FINETUNE["original"]
+        progress.start("original", f"reference + {cfg['steps']} steps of {cfg['batch_size']} on the forget and "
+                                   "retain facts")
         finetune(handle, encode_for_training(handle, [data[n] for n in cfg["data"]]), steps=cfg["steps"],
-                 lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"], desc="original (forget + retain)")
+                 lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["seed"], name="original", progress=progress)
         scores = measure(handle, sets)
         handle.save(folders["original"])
         write_info(folders["original"], keys["original"], config=cfg, made_from="reference", es=scores)
         log(f"original saved ({time.perf_counter() - t:.0f} s), ES {scores}")
+        progress.done("original")
     handles.pop("reference", None)
     todo = [n for n in CANDIDATES if n in stale]
     if todo:
@@ -259,12 +313,13 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
             t = time.perf_counter()
             cfg = CANDIDATES[name]
             params = {k: v for k, v in cfg.items() if k not in ("method", "about")}
-            log(f"candidate {name}: {cfg['method']} {params}")
+            progress.start(name, f"{cfg['method']} {params}, a bar shows its steps")
             out = unlearn(cfg["method"], original, data["forget"], data["retain"], progress=True, **params)
             scores = measure(out, sets)
             out.save(folders[name])
             write_info(folders[name], keys[name], config=cfg, made_from="original", es=scores)
             log(f"candidate {name} saved ({time.perf_counter() - t:.0f} s), ES {scores}")
+            progress.done(name)
             out.release()
     log(f"done in {time.perf_counter() - started:.0f} s; models in {MODELS.relative_to(HERE)}/")
     return {n: folders[n] for n in wanted}

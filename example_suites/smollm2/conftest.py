@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +59,33 @@ def pytest_configure(config):
     torch.set_num_threads(BUILD.choose_threads(None))  # $UNLEARN_THREADS, else the default
     if not hasattr(config, "workerinput"):  # under pytest-xdist the controller builds, once
         BUILD.build(quiet=True)
+
+
+# ---------------------------------------------------------------- progress
+
+_CLOCK: dict = {}     # start time, number of tests, tests started
+_REPORTER: dict = {}  # the terminal reporter (not on xdist workers)
+
+
+def pytest_collection_finish(session):
+    _CLOCK.update(start=time.perf_counter(), total=len(session.items), index=0)
+    if not hasattr(session.config, "workerinput"):
+        _REPORTER["tr"] = session.config.pluginmanager.get_plugin("terminalreporter")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own line for the test (under -v)
+def pytest_runtest_logstart(nodeid, location):
+    """One line per test: which one, how far the run is, and what the slow step is."""
+    tr = _REPORTER.get("tr")
+    if tr is None or "start" not in _CLOCK:
+        return
+    _CLOCK["index"] += 1
+    elapsed = BUILD.duration(time.perf_counter() - _CLOCK["start"])
+    note = ("; relearning trains each model not yet attacked (the candidate, the original, the reference), "
+            "the slowest step of the suite" if "under_attack" in nodeid else "")
+    tr.write_line(f"[suite {time.strftime('%H:%M:%S')}] test {_CLOCK['index']} of {_CLOCK['total']}, "
+                  f"{elapsed} so far{note}")
+
 
 
 def pytest_generate_tests(metafunc):

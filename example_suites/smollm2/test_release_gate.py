@@ -17,7 +17,7 @@ ATTACKS = [
     "paraphrase",         # the dataset's paraphrased questions
     "prefill",            # the answer starts with "Sure, here is the answer:"
     "quantize:4",         # 4-bit round-to-nearest weights
-    "relearn:steps=10",   # fine-tune on half the forget facts, score the other half (2 folds)
+    "relearn:steps=5,lr=2e-4",  # fine-tune on half the forget facts, score the other half (2 folds)
 ]
 
 
