@@ -32,7 +32,7 @@ never passes on what remained.
   :class:`UnlearnWarning` is issued.  The gate fails only if a component leaks;
 * the reference rule: with a reference model, an attacked score counts for a sample only
   where it shows strictly more knowledge than the reference's under the same attack on the
-  same sample; elsewhere the sample keeps its no-attack score (docs/attacks.md, "Controls").
+  same sample; elsewhere the attack recovered nothing there (docs/attacks.md, "Controls").
 
 This module re-exports the gates (:mod:`pytest_unlearn.gates`), where each assertion is
 one pipeline: check the arguments, measure, decide (pure functions over arrays), record,

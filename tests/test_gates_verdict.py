@@ -25,14 +25,17 @@ def test_reference_rule_keeps_only_attacked_scores_beyond_the_reference():
     model = {"none": arr(0.1, 0.2, 0.3), "a": arr(0.9, 0.1, 0.5)}
     reference = {"none": arr(0.0, 0.0, 0.0), "a": arr(0.5, 0.5, 0.5)}
     counted, kept, explained = verdict.reference_rule(model, reference, ES)
-    # sample 0: 0.9 > 0.5 counts; 1: 0.1 <= 0.5 -> no-attack 0.2; 2: 0.5 == 0.5 (not strictly more) -> 0.3
-    assert counted["a"].tolist() == [0.9, 0.2, 0.3]
+    # sample 0: 0.9 > 0.5 counts; 1: 0.1 <= 0.5 -> the lesser of 0.1 and no-attack 0.2;
+    # 2: 0.5 == 0.5 (not strictly more) -> the lesser of 0.5 and 0.3
+    assert counted["a"].tolist() == [0.9, 0.1, 0.3]
+    assert all(c <= raw for c, raw in zip(counted["a"], model["a"]))  # never above the raw score
+    assert verdict.worst_case(counted, ES)[0].tolist() == [0.9, 0.2, 0.3]  # the worst case holds no-attack
     assert kept["a"].tolist() == [True, False, False] and explained == {"a": 2}
     assert counted["none"].tolist() == [0.1, 0.2, 0.3]
     # lower = more knowledge: the attacked perplexity counts where it is below the reference's
     counted, _, explained = verdict.reference_rule({"none": arr(20.0, 20.0), "a": arr(5.0, 30.0)},
                                                    {"none": arr(40.0, 40.0), "a": arr(10.0, 10.0)}, PPL)
-    assert counted["a"].tolist() == [5.0, 20.0] and explained == {"a": 1}
+    assert counted["a"].tolist() == [5.0, 30.0] and explained == {"a": 1}
     # no reference: every attacked score counts
     counted, kept, explained = verdict.reference_rule(model, None, ES)
     assert counted["a"].tolist() == [0.9, 0.1, 0.5] and explained == {} and kept["a"].all()

@@ -145,3 +145,24 @@ def test_the_algorithm_version_keys_every_cached_outcome(world, tmp_path, monkey
     assert not changed.cost.get("cached") and len(trainings) == 4
     a = wa.derived_fingerprint(model, SPEC, "fold 1/2", 0, version="relearn-v1")
     assert a != wa.derived_fingerprint(model, SPEC, "fold 1/2", 0, version="relearn-v2")
+
+
+def test_a_failure_message_under_relearn_is_not_trained_again_in_the_next_session(toy_world, trainings, tmp_path):
+    """The failure message shows what the relearned model generates; a later session with the same
+    result cache reads those texts from the cache instead of training the folds again."""
+    from pytest_unlearn.gates.measure import generate_under
+
+    def session():
+        suite = Suite.from_paths(original=toy_world["original"], model=toy_world["original"],
+                                 forget=toy_world["forget"], retain=toy_world["retain"], cache_dir=tmp_path)
+        try:
+            attack = parse_attack(SPEC)
+            return generate_under(suite, attack, suite.unlearned, suite.forget, [0, 3], None)
+        finally:
+            suite.close()
+
+    first = session()
+    assert len(trainings) == 2 and len(first) == 2 and not any(t.startswith("<generation") for t in first)
+    second = session()
+    assert len(trainings) == 2, "the next session trained the relearn folds again for the failure message"
+    assert second == first

@@ -187,7 +187,7 @@ def forgetting_notes(meas: "Measurement", fig: verdict.Figures, reduce: str, thr
             if fig.explained[c] and threshold is not None and m.more_knowledge(fig.raw[c], threshold):
                 notes.append(f"{c}: on {fig.explained[c]} of {len(dataset)} samples the model shows no more knowledge "
                              f"under it than the reference model under the same attack; there the attack's score "
-                             f"is not counted (the no-attack score is)")
+                             f"is not counted as recovery (the sample counts with its no-attack score at most)")
     for c in fig.conditions[1:]:
         for note in getattr(meas.outcomes[c], "notes", None) or []:
             notes.append(note if note.startswith(meas.attacks[c].name) else f"{c}: {note}")

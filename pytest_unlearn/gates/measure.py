@@ -124,8 +124,34 @@ def generate(suite: "Suite", handle, dataset, positions: list[int]) -> list[str]
 def generate_under(suite: "Suite", attack, handle, dataset, positions: list[int], outcome) -> list[str] | None:
     """Greedy answers under an attack (``Attack.generate``); ``None`` where the attack cannot
     generate; a failure is shown, never raised over the verdict."""
+    ctx = suite.attack_context()
+    # a weight attack generates on its attacked weights (relearn would train its folds again in a
+    # new session): the texts are cached by everything that made them; prompt attacks generate
+    # through the scorer, which caches them already
+    key = _attacked_generation_key(attack, handle, dataset, positions, ctx) if attack.kind != "prompt" else None
+    hit = ctx.cache.get(key) if key is not None and ctx.cache is not None else None
+    if hit is not None:
+        return None if not bool(hit["generated"][0]) else [str(t) for t in hit["text"]]
     try:
-        texts = attack.generate(handle, dataset, positions, suite.attack_context(), outcome)
+        texts = attack.generate(handle, dataset, positions, ctx, outcome)
     except Exception as exc:  # noqa: BLE001 - the message must still come out
         return [f"<generation under {attack.spec} failed: {type(exc).__name__}: {exc}>"] * len(positions)
+    if key is not None and ctx.cache is not None:
+        import numpy as np
+
+        ctx.cache.put(key, {"generated": np.array([texts is not None]),
+                            "text": np.array([str(t) for t in texts or []], dtype=str)})
     return None if texts is None else [str(t) for t in texts]
+
+
+def _attacked_generation_key(attack, handle, dataset, positions: list[int], ctx) -> str:
+    """Everything that decides what a weight attack's model generates for ``positions``."""
+    from ..cache import cache_key
+    from ..generation import GENERATION_POLICY
+
+    return cache_key("attack-generate", attack.spec, getattr(attack, "version", ""), int(ctx.seed),
+                     handle.fingerprint, dataset.content_hash, [int(i) for i in positions],
+                     ctx.forget.content_hash if ctx.forget is not None else None,
+                     ctx.retain.content_hash if ctx.retain is not None else None,
+                     ctx.scorer.prompt_format(handle).spec, sorted(GENERATION_POLICY.items()),
+                     str(handle.device.type), str(handle.dtype))

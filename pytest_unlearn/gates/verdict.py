@@ -37,7 +37,10 @@ def reference_rule(model: Mapping[str, np.ndarray], reference: Mapping[str, np.n
                    m: "Metric") -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, int]]:
     """Under an attack, a sample's attacked score counts only where it shows strictly more
     knowledge than the never-knew reference model's under the same attack on the same sample;
-    elsewhere the sample keeps its no-attack score.
+    elsewhere the attack recovered nothing there: the sample counts with the lesser knowledge of its
+    attacked and its no-attack score (never more than either), so an attack's counted score never
+    exceeds its raw one, and the worst case over the conditions, which holds the no-attack score
+    anyway, is the same.
 
     Returns ``(counted, kept, explained)``: the scores that count per condition, the mask of
     attacked scores kept, and per attack the number of samples the reference explains (only
@@ -55,7 +58,8 @@ def reference_rule(model: Mapping[str, np.ndarray], reference: Mapping[str, np.n
         ref, mine = np.asarray(reference[c], dtype=np.float64), counted[c]
         beyond = ref < mine if m.higher_is_more_knowledge else ref > mine
         explained[c], kept[c] = int((~beyond).sum()), beyond
-        counted[c] = np.where(beyond, mine, counted["none"])
+        lesser = np.fmin(mine, counted["none"]) if m.higher_is_more_knowledge else np.fmax(mine, counted["none"])
+        counted[c] = np.where(beyond, mine, lesser)
     return counted, kept, explained
 
 
