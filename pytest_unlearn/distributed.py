@@ -20,9 +20,12 @@ When sharding is on (:func:`active`):
 * ``PYTEST_UNLEARN_DISTRIBUTED`` is not ``0`` (which turns sharding off: every rank then
   computes everything itself), and no :func:`replicated` block is open.
 
-The collectives here only move Python objects (per-token statistics, generated text, cache
-entries) and always run over gloo (a gloo side group is created when the default group
-uses another backend such as NCCL); the models stay on each rank's device.  Every collective
+The collectives here move Python objects (per-token statistics, generated text, cache
+entries) and, for the weight attacks, the attacked weights (:func:`from_rank0`: ``relearn``
+trains and ``quantize`` rounds on rank 0 alone, and every rank receives rank 0's weights, so
+all ranks score one and the same attacked model).  They always run over gloo (a gloo side
+group is created when the default group uses another backend such as NCCL); the models stay
+on each rank's device, and broadcast weights pass through CPU memory.  Every collective
 is an ``all_gather_object`` carrying a tag (what it is for, and the content hash of its
 inputs): ranks that call them out of step get a :class:`DistributedError` naming what each
 rank was doing, never a silent mismatch.  An exception inside a rank's share of the work is
@@ -49,11 +52,12 @@ from .errors import UnlearnError
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
     from .cache import ResultCache
     from .config import Settings
 
-__all__ = ["DistributedError", "SWITCH_ENV", "SharedCache", "active", "exchange", "is_main_process",
+__all__ = ["DistributedError", "SWITCH_ENV", "SharedCache", "active", "exchange", "from_rank0", "is_main_process",
            "launched", "leave_report_files_to_rank0", "rank", "rank_batches", "rank_device", "replicated",
            "run_sharded", "session_settings", "setup", "shared_cache", "teardown", "world_size"]
 
@@ -286,6 +290,21 @@ def _described(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def _raise_failure(tag: str, gathered: list, failure: "Exception | None") -> None:
+    """Raise on every rank when a gathered payload is an ``("error", text, portable)``: the rank
+    that failed its own exception, the others the same error type when it is one of this
+    library's, else a :class:`DistributedError` naming the failing rank."""
+    failed = [(r, p) for r, p in enumerate(gathered) if p[0] == "error"]
+    if not failed:
+        return
+    if failure is not None:
+        raise failure
+    r, (_, text, portable) = failed[0]
+    if portable is not None:
+        raise portable
+    raise DistributedError(f"rank {r} of {len(gathered)} failed during {tag}: {text}")
+
+
 def run_sharded(tag: str, lengths: Sequence[int], batch_size: int,
                 compute: Callable[[list[int]], tuple[list, Any]]) -> tuple[list, list]:
     """Split work over the ranks by whole length-sorted batches and gather it.
@@ -310,14 +329,7 @@ def run_sharded(tag: str, lengths: Sequence[int], batch_size: int,
         failure = exc
         payload = ("error", _described(exc), _portable(exc))
     gathered = exchange(tag, payload)
-    failed = [(r, p) for r, p in enumerate(gathered) if p[0] == "error"]
-    if failed:
-        if failure is not None:
-            raise failure
-        r, (_, text, portable) = failed[0]
-        if portable is not None:
-            raise portable
-        raise DistributedError(f"rank {r} of {world} failed during {tag}: {text}")
+    _raise_failure(tag, gathered, failure)
     results: list[Any] = [None] * len(lengths)
     extras = []
     for _, idx, items, extra in gathered:
@@ -325,6 +337,60 @@ def run_sharded(tag: str, lengths: Sequence[int], batch_size: int,
             results[i] = item
         extras.append(extra)
     return results, extras
+
+
+def from_rank0(tag: str, compute: Callable[[], Any], tensors: Sequence[tuple[str, "torch.Tensor"]]) -> Any:
+    """Run ``compute()`` on rank 0 alone, then give every rank rank 0's ``tensors``.
+
+    ``compute`` changes ``tensors`` in place (trains them, quantizes them, ...).  Under sharding
+    (:func:`active`) rank 0 runs it while the other ranks wait; then each tensor is broadcast
+    from rank 0, byte for byte, and copied into the other ranks' tensors of the same name (over
+    gloo, through CPU memory one tensor at a time), so every rank ends up holding rank 0's
+    weights.  Returns what ``compute`` returned on rank 0, on every rank (it must pickle).
+
+    Before any tensor moves, one tagged collective carries rank 0's outcome and every rank's
+    list of (name, shape, dtype): ranks out of step, or holding different tensors, raise
+    :class:`DistributedError`; an exception in ``compute`` is raised on every rank as in
+    :func:`run_sharded`, so no rank waits for weights that will not come.  Outside sharding
+    this is just ``compute()``.
+    """
+    if not active():
+        return compute()
+    import torch
+
+    me = rank()
+    tensors = list(tensors)
+    layout = [(str(n), tuple(t.shape), str(t.dtype)) for n, t in tensors]
+    failure: Exception | None = None
+    payload: tuple = ("ok", layout, None)
+    if me == 0:
+        try:
+            payload = ("ok", layout, compute())
+        except Exception as exc:  # noqa: BLE001 - gathered, then raised on every rank
+            failure = exc
+            payload = ("error", _described(exc), _portable(exc))
+    gathered = exchange(tag, payload)
+    _raise_failure(tag, gathered, failure)
+    differ = [r for r, p in enumerate(gathered) if p[1] != layout]
+    if differ:
+        raise DistributedError(f"{tag}: rank {differ[0]} holds other tensors than this rank ({me}); every rank "
+                               "must attack the same model in the same way")
+    dist, group = _initialised(), _group()
+    with torch.no_grad():
+        for _, t in tensors:
+            if t.numel() == 0:
+                continue
+            direct = t.device.type == "cpu" and t.is_contiguous()
+            if direct:
+                buf = t.detach()
+            elif me == 0:
+                buf = t.detach().to("cpu").contiguous()
+            else:
+                buf = torch.empty(t.shape, dtype=t.dtype)
+            dist.broadcast(buf.reshape(-1).view(torch.uint8), src=0, group=group)
+            if me != 0 and not direct:
+                t.copy_(buf)
+    return gathered[0][2]
 
 
 # ---------------------------------------------------------------- the shared result cache

@@ -1,7 +1,8 @@
 """Evaluation sharded over processes with torch.distributed (docs/distributed.md).
 
 One ``torchrun`` job of two gloo ranks on the CPU runs a small pytest project: the gathered
-per-sample results equal a one-process run bit for bit; a cache hit on rank 0 alone neither
+per-sample results equal a one-process run bit for bit, also under relearn and quantize when
+the ranks' own training would differ (rank 0's weights are broadcast); a cache hit on rank 0 alone neither
 hangs nor desynchronises the ranks; a failure on one rank reaches every rank; ranks out of
 step get an error, not a hang; and the plugin gives the verdicts, summary and report of a
 serial run, with one report written, by rank 0.
@@ -243,6 +244,79 @@ def test_shards(unlearn):
 """
 
 
+# relearn and quantize under torchrun: each rank's own training (or rounding) is made to differ
+# on purpose, as GPU kernels may; every rank must still score rank 0's weights
+WEIGHT_ATTACKS = ("quantize:8", "relearn:steps=2,lr=1e-2", "relearn:steps=2,lr=1e-2,lora=true")
+ATTACK_METRICS = ("es", "prob")
+
+ATTACKS = """
+import json
+import pickle
+from pathlib import Path
+
+import torch
+
+from pytest_unlearn import distributed
+from pytest_unlearn.attacks import AttackContext, run_attack
+from pytest_unlearn.attacks import weight_attacks as wa
+from pytest_unlearn.data import dataset_from_records
+from pytest_unlearn.errors import AttackError
+from pytest_unlearn.scoring import Scorer
+
+HERE = Path(__file__).parent
+
+
+def caught(fn):
+    try:
+        return ("ok", fn())
+    except Exception as exc:  # what each rank raised is the point
+        return (type(exc).__name__, str(exc))
+
+
+def test_weight_attacks(unlearn, monkeypatch):
+    spec = json.loads((HERE / "spec.json").read_text())
+    rank = distributed.rank()
+    trained = []
+    real_train, real_quantize = wa.train_answers, wa.Quantize.quantize
+
+    def train_differently(model, *args, **kwargs):
+        trained.append(kwargs.get("desc"))
+        real_train(model, *args, **kwargs)
+        if rank:  # rank 1 ends its training elsewhere
+            gen = torch.Generator().manual_seed(rank)
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.add_(0.05 * torch.randn(p.shape, generator=gen).to(p.dtype))
+
+    def quantize_differently(self, weight):
+        out = real_quantize(self, weight)
+        return out * 1.05 if rank else out
+
+    monkeypatch.setattr(wa, "train_answers", train_differently)
+    monkeypatch.setattr(wa.Quantize, "quantize", quantize_differently)
+    data = dataset_from_records(spec["records"], name="varied")
+    scorer = Scorer(batch_size=spec["batch"])
+    ctx = AttackContext(scorer, forget=data, seed=0)
+    seen = {"rank": rank, "active": distributed.active(),
+            "values": {a: {m: run_attack(a, m, unlearn.original, data, ctx).values for m in spec["attack_metrics"]}
+                       for a in spec["weight_attacks"]}}
+    memo = wa.memo_for(scorer)
+    seen.update(trained=trained, trainings=memo.trainings, applied=memo.applied)
+
+    # a failure on rank 0 while it computes the weights reaches every rank; tensors that
+    # differ between the ranks are an error, not a silent mismatch
+    def broken():
+        raise AttackError("training broke on rank 0")
+
+    seen["failure"] = caught(lambda: distributed.from_rank0("t", broken, [("w", torch.zeros(3))]))
+    seen["layout"] = caught(lambda: distributed.from_rank0("t", lambda: 1, [("w", torch.zeros(3 + rank))]))
+    got = torch.full((4,), float(rank))
+    seen["moved"] = (distributed.from_rank0("t", lambda: "done", [("w", got)]), got.tolist())
+    (HERE / f"attacks-rank{rank}.pkl").write_bytes(pickle.dumps(seen))
+"""
+
+
 def project_files(world: dict, forget: Path) -> dict[str, str]:
     """The gate project: the toy world with ``forget`` as forget set, batches of 3."""
     return {"pytest.ini": "[pytest]\n"
@@ -263,8 +337,11 @@ def launch_job(world: dict, root: Path) -> dict:
     for name, text in project_files(world, forget).items():
         (root / name).write_text(text)
     (root / "test_shards.py").write_text(SHARDS)
+    (root / "test_weight_attacks.py").write_text(ATTACKS)
     records = varied_records(world)
-    (root / "spec.json").write_text(json.dumps({"records": records, "batch": BATCH, "metrics": METRICS}))
+    (root / "spec.json").write_text(json.dumps({"records": records, "batch": BATCH, "metrics": METRICS,
+                                                "weight_attacks": WEIGHT_ATTACKS,
+                                                "attack_metrics": ATTACK_METRICS}))
     logs = root / "logs"
     code, out = torchrun("--redirects", "3", "--log-dir", str(logs), "-m", "pytest", "-p", "no:randomly", cwd=root)
     stdout = [next(iter(logs.glob(f"*/attempt_0/{r}/stdout.log")), None) for r in (0, 1)]
@@ -356,6 +433,49 @@ def test_sharded_scores_equal_one_process(job):
     assert ranks[0]["failure"][0] == "DistributedError" and "rank 1 of 2 failed" in ranks[0]["failure"][1]
 
 
+def one_process_attacks(original, records) -> dict:
+    """The weight attacks' scores from one plain process (training and rounding as on rank 0)."""
+    import torch
+
+    from pytest_unlearn.attacks import AttackContext, run_attack
+    from pytest_unlearn.data import dataset_from_records
+    from pytest_unlearn.models import load_model
+    from pytest_unlearn.scoring import Scorer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    handle = load_model(original, device="cpu", name="original")
+    try:
+        data = dataset_from_records(records, name="varied")
+        ctx = AttackContext(Scorer(batch_size=BATCH), forget=data, seed=0)
+        return {a: {m: run_attack(a, m, handle, data, ctx).values for m in ATTACK_METRICS} for a in WEIGHT_ATTACKS}
+    finally:
+        handle.release()
+        torch.set_num_threads(threads)
+
+
+def test_every_rank_scores_rank0s_attacked_weights(job):
+    """relearn and quantize under torchrun: rank 0 alone trains / quantizes and the other rank
+    receives its weights, so the gathered scores are those of one model (rank 0's, which is the
+    one-process model), although rank 1's own training and rounding would differ."""
+    paths = [job["root"] / f"attacks-rank{r}.pkl" for r in (0, 1)]
+    assert all(p.is_file() for p in paths), job["stdout"][0][-6000:]
+    ranks = [pickle.loads(p.read_bytes()) for p in paths]
+    single = one_process_attacks(job["world"]["original"], job["records"])
+    folds = 2 * sum(a.startswith("relearn") for a in WEIGHT_ATTACKS)
+    for seen in ranks:
+        assert seen["active"]
+        for attack in WEIGHT_ATTACKS:
+            for m in ATTACK_METRICS:
+                assert np.array_equal(seen["values"][attack][m], single[attack][m]), (seen["rank"], attack, m)
+        # trained once per fold in the job (on rank 0); the second metric applied the kept folds
+        assert seen["trainings"] == folds and seen["applied"] == folds
+        assert seen["failure"] == ("AttackError", "training broke on rank 0")
+        assert seen["layout"][0] == "DistributedError" and "other tensors" in seen["layout"][1]
+        assert seen["moved"] == ("done", [0.0] * 4)
+    assert len(ranks[0]["trained"]) == folds and ranks[1]["trained"] == []
+
+
 # ---------------------------------------------------------------- the plugin under torchrun
 
 
@@ -396,7 +516,7 @@ def test_plugin_under_torchrun_reports_once_with_the_serial_verdicts(job, pytest
     serial.assert_outcomes(passed=3, failed=1)
 
     assert job["code"] != 0  # a gate failed, on every rank
-    expected = {"passed": 3 + 1, "failed": 1}  # the gate tests, and test_shards
+    expected = {"passed": 3 + 2, "failed": 1}  # the gate tests, test_shards and test_weight_attacks
     assert outcomes(rank_out[0]) == outcomes(rank_out[1]) == expected, rank_out[0][-6000:]
     # rank 0 alone: the summary, the JSON report, the JUnit XML
     assert summary(rank_out[0]) == summary(serial_out)

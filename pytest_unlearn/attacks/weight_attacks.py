@@ -24,6 +24,11 @@ Within a session (one :class:`~pytest_unlearn.scoring.Scorer`, so one suite) an 
   Kept weights are capped at :data:`MEMO_FRACTION` of the host's memory; a fold over the cap is
   not kept (and is trained again when needed), which the outcome's notes say.
 
+Under ``torchrun`` (sharded evaluation, :mod:`~pytest_unlearn.distributed`) rank 0 alone
+quantizes or trains, and every rank receives rank 0's changed tensors (all the quantized
+weights; a fold's trained parameters, or only its LoRA adapters) before scoring, so the
+gathered scores come from one and the same attacked model.
+
 * ``quantize``: quantize-dequantize every ``Linear`` weight of the decoder layers
   (embeddings and the LM head stay, unless ``include_head``), score, restore.
 * ``relearn``: fine-tune on some forget facts and score the *other*, held-out ones
@@ -42,6 +47,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from .. import distributed
 from ..cache import cache_key
 from ..errors import AttackError
 from ..prompts import dataset_parts
@@ -323,14 +329,19 @@ class Quantize(Attack):
         targets = quantizable_weights(model.model, self.include_head)
         if not targets:
             raise AttackError(f"attack {self.spec}: {type(model.model).__name__} has no Linear weights to quantize")
+        fingerprint = derived_fingerprint(model, self.spec, "all", ctx.seed, version=self.version)
         snapshot = WeightSnapshot([w for _, w, _ in targets])
-        try:
+
+        def quantize_all() -> None:
             with torch.no_grad():
                 for _, w, transposed in targets:
                     w.copy_(self.quantize(w.t()).t() if transposed else self.quantize(w))
-            yield (model.derive(fingerprint=derived_fingerprint(model, self.spec, "all", ctx.seed,
-                                                                   version=self.version),
-                                name=f"{model.name} [{self.spec}]"), targets)
+
+        try:
+            # under torchrun: rank 0 quantizes, every rank gets its weights
+            distributed.from_rank0(f"quantize {self.spec} {fingerprint[:16]}", quantize_all,
+                                   [(n, w) for n, w, _ in targets])
+            yield (model.derive(fingerprint=fingerprint, name=f"{model.name} [{self.spec}]"), targets)
         finally:
             snapshot.restore()
 
@@ -573,8 +584,6 @@ class Relearn(Attack):
         weights the session memo kept from an earlier training), yield (fold, rows, the trained
         model's handle), restore.  Seeds depend on the fold's place in the plan, so a fold
         trained again gives the same weights."""
-        import torch
-
         prompt = ctx.scorer.prompt_format(model).spec
         use_lora = self._use_lora(model)
         memo = memo_for(ctx.scorer)
@@ -588,20 +597,18 @@ class Relearn(Attack):
                 with _trainable(model.model, use_lora, seed) as trainable:
                     named = [(n, p) for n, p in trainable.named_parameters() if p.requires_grad]
                     kept = memo.trained.get(key)
-                    if kept is not None and set(kept) == {n for n, _ in named}:
-                        with torch.no_grad():
-                            for n, p in named:
-                                p.copy_(kept[n])
-                        memo.applied += 1
-                    else:
-                        train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
-                                      batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
+                    if kept is not None and set(kept) != {n for n, _ in named}:
+                        kept = None
+                    trained = self._fold_weights(trainable, named, kept, model, train, ctx, seed, fold, key)
+                    if trained:
                         memo.trainings += 1
-                        if not memo.keep_weights(key, named) and notes is not None:
-                            gib = sum(p.numel() * p.element_size() for _, p in named) / 2**30
-                            notes.append(f"relearn: the weights trained for {fold} ({gib:.1f} GiB) exceed the "
-                                         "session memo's budget and were not kept: another metric under this "
-                                         "attack trains them again (use lora=true to keep only adapters)")
+                    else:
+                        memo.applied += 1
+                    if kept is None and not memo.keep_weights(key, named) and trained and notes is not None:
+                        gib = sum(p.numel() * p.element_size() for _, p in named) / 2**30
+                        notes.append(f"relearn: the weights trained for {fold} ({gib:.1f} GiB) exceed the "
+                                     "session memo's budget and were not kept: another metric under this "
+                                     "attack trains them again (use lora=true to keep only adapters)")
                     yield fold, rows, model.derive(trainable, name=f"{model.name} [{self.spec} {fold}]",
                                                    fingerprint=derived_fingerprint(model, self.spec, fold, ctx.seed,
                                                                                    train.content_hash, prompt,
@@ -611,6 +618,37 @@ class Relearn(Attack):
         finally:
             if snapshot is not None:
                 snapshot.restore()
+
+    def _fold_weights(self, trainable, named, kept, model, train, ctx, seed: int, fold: str, key: str) -> bool:
+        """Put one fold's trained weights into ``named`` (the trainable tensors): the ``kept``
+        ones from the session memo, else trained now.  Returns whether it trained.
+
+        Under torchrun (:func:`~pytest_unlearn.distributed.active`) rank 0 alone trains (or
+        applies what it kept) and every rank receives its weights
+        (:func:`~pytest_unlearn.distributed.from_rank0`), so all ranks score one and the same
+        relearned model; when every rank kept the fold (rank 0's weights, received earlier),
+        each applies its own copy and nothing moves."""
+        import torch
+
+        def apply_kept() -> bool:
+            with torch.no_grad():
+                for n, p in named:
+                    p.copy_(kept[n])
+            return False
+
+        def obtain() -> bool:
+            if kept is not None:
+                return apply_kept()
+            train_answers(trainable, model, train, ctx, steps=self.steps, lr=self.lr,
+                          batch_size=self.batch_size, seed=seed, desc=f"relearn {fold}")
+            return True
+
+        everywhere = kept is not None
+        if distributed.active():
+            everywhere = all(distributed.exchange(f"relearn memo {key[:16]}", everywhere))
+        if everywhere:
+            return apply_kept()
+        return bool(distributed.from_rank0(f"relearn {fold} {key[:16]}", obtain, named))
 
     def attacked(self, model, data, ctx, only=None):
         """The relearned weights for a chain: per fold (only those scoring a row in ``only``),
