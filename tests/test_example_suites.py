@@ -154,3 +154,23 @@ def test_smollm2_suite_gives_the_expected_verdicts(tmp_path):
     assert retrain["verdict"] == "pass"
     md = _check_markdown(suite, report)
     assert "### Model gd" in md
+
+
+@pytest.mark.slow
+def test_smollm2_multiple_choice_gate_gives_the_expected_verdicts(tmp_path):
+    """The SmolLM2 suite's multiple-choice gate (``example_suites/smollm2/multiple_choice``, not
+    part of the demo's run) on the same models: the verdicts its README describes."""
+    source = SUITES / "smollm2"
+    proc = _run(["build_models.py"], source, 3600)
+    assert proc.returncode == 0, _show(proc)
+    suite = tmp_path / "smollm2"
+    shutil.copytree(source, suite, ignore=SKIP)
+    (suite / ".models").symlink_to(source / ".models", target_is_directory=True)
+    report = _check_suite_run(suite / "multiple_choice", timeout=3600)
+    by_test = {r["test"]: r for r in report["assertions"]}
+    assert all(r["metric"] == "mc_acc_text" for r in report["assertions"]), report["assertions"]
+    # the story the README tells: recognition outlives recall; the reference never knew
+    gd = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised[gd]"]
+    retrain = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised[retrain]"]
+    assert gd["verdict"] == "fail" and retrain["verdict"] == "pass"
+    assert by_test["test_multiple_choice_gate.py::test_retain_set_still_known[gd]"]["verdict"] == "pass"
