@@ -1,4 +1,5 @@
-"""Command-line entry points: the metric robustness audit and the calibrated method comparison.
+"""Command-line entry points: the metric robustness audit, the calibrated method comparison and
+the Markdown report.
 
 ::
 
@@ -7,12 +8,15 @@
     python -m pytest_unlearn.cli audit ...            (the same)
     python -m pytest_unlearn.cli compare --original ORIG --forget F --retain R \\
         --grid '{"ga": {"lr": [1e-5, 3e-5], "steps": [20]}}' --tau 0.9 --out runs/
+    pytest-unlearn report unlearn-report.json report.md [--no-plots]
+    python -m pytest_unlearn.report_markdown unlearn-report.json report.md   (the same)
 
 ``audit`` writes ``table.csv``, ``ranking.csv``, ``scores.csv``, ``audit.md``, ``audit.json``
 and ``scatter.png`` (with matplotlib) into ``--out`` and prints the ranking and the
 recommended metric.  ``compare`` stores each finished run in ``--out/runs.jsonl`` (a rerun
 skips them), writes ``comparison.csv``, ``best.csv`` and ``comparison.md`` and prints the
-table.  Exit status: 0 done, 2 bad arguments or inputs (the message says which).
+table.  ``report`` renders the JSON report of ``--unlearn-report`` as Markdown with PNG plots
+next to it.  Exit status: 0 done, 2 bad arguments or inputs (the message says which).
 """
 
 from __future__ import annotations
@@ -87,7 +91,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--save-checkpoints", action="store_true",
                    help="save every unlearned model under OUT/checkpoints/ (for a later audit)")
     c.add_argument("--retry-errors", action="store_true", help="rerun runs stored as failed")
+
+    from . import report_markdown
+
+    r = sub.add_parser("report", help="render a JSON report (--unlearn-report) as Markdown with plots",
+                       description=report_markdown.DESCRIPTION)
+    report_markdown.add_arguments(r)
     return parser
+
+
+def _run_report(args) -> int:
+    from . import report_markdown
+
+    try:
+        return report_markdown.run(args)
+    except SystemExit as exc:  # the renderer's own "cannot read / not a report" messages
+        if isinstance(exc.code, str):
+            print(f"pytest-unlearn report: error: {exc.code}", file=sys.stderr)
+            return 2
+        raise
 
 
 def _scorer(args):
@@ -175,13 +197,16 @@ def _run_compare(args) -> int:
     return 0
 
 
+_COMMANDS = {"audit": _run_audit, "compare": _run_compare, "report": _run_report}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``pytest-unlearn {audit,compare} ...``; returns the exit status."""
+    """``pytest-unlearn {audit,compare,report} ...``; returns the exit status."""
     from .errors import UnlearnError
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        return _run_audit(args) if args.command == "audit" else _run_compare(args)
+        return _COMMANDS[args.command](args)
     except UnlearnError as exc:
         print(f"pytest-unlearn {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -59,6 +59,11 @@ class AttackError(UnlearnError):
     """An attack spec is malformed, or an attack could not run."""
 
 
+class RegistrationError(UnlearnError, ValueError):
+    """A metric or attack cannot be registered: its name is taken, its declaration is
+    invalid, or an entry point that provides it fails to load."""
+
+
 class UnknownNameError(UnlearnError, KeyError):
     """A metric, attack or method name that is not registered."""
 

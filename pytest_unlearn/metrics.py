@@ -184,8 +184,18 @@ class Metric:
         return self.name
 
 
-METRICS: Registry[Metric] = Registry("metric")
+#: The entry-point group through which another distribution adds metrics (see docs/extending.md).
+METRIC_ENTRY_POINTS = "pytest_unlearn.metrics"
+
+
+def _adopt_metric(obj) -> "tuple[str, Metric] | None":
+    return (obj.name, obj) if isinstance(obj, Metric) else None
+
+
+METRICS: Registry[Metric] = Registry("metric", entry_point_group=METRIC_ENTRY_POINTS, adopt=_adopt_metric)
 INF = float("inf")
+#: What a metric registered from outside may need (``multiple_choice`` metrics are built in).
+METRIC_SOURCES = ("forward", "generation", "truth_ratio")
 
 
 def _register(*args, **kwargs) -> Metric:
@@ -220,6 +230,44 @@ _register("rouge_l", True, 0.0, 1.0, "generation", rouge_l_recall,
           "ROUGE-L recall of the greedy answer")
 _register("rouge_l_f1", True, 0.0, 1.0, "generation", rouge_l_f1,
           "ROUGE-L F1 of the greedy answer (MUSE)")
+
+
+def register_metric(*, name: str, fn, higher_is_more_knowledge: bool, range: tuple[float, float],
+                    source: str = "forward", description: str = "", replace: bool = False) -> Metric:
+    """Register a per-sample metric under ``name``, so that every assertion, the audit and the
+    command line accept it by name; returns the :class:`Metric`.
+
+    ``fn`` is called per sample, with what ``source`` says: ``"forward"``
+    ``fn(stats, answer_text)`` (``stats["logprob"]``, ``stats["correct"]``, ``stats["mu"]``,
+    ``stats["sigma"]``: per answer token, from one teacher-forced pass), ``"generation"``
+    ``fn(generated, reference)`` (the greedy answer and the reference answer) or
+    ``"truth_ratio"`` ``fn(paraphrased_logprob, perturbed_logprobs)``.  Direction and range
+    are data: ``higher_is_more_knowledge`` says which way a threshold is read, ``range``
+    ``(lower, upper)`` (``float("inf")`` for unbounded) is where every score must lie.
+    A name already registered raises :class:`~pytest_unlearn.errors.RegistrationError`
+    unless ``replace=True``.
+    """
+    from .errors import RegistrationError
+
+    if not isinstance(name, str) or not name.strip() or name != name.strip() or any(c in name for c in ":+,= "):
+        raise RegistrationError(f"metric name {name!r} must be a non-empty word (no spaces, ':', '+', ',', '=')")
+    if not callable(fn):
+        raise RegistrationError(f"metric {name!r}: fn must be callable, got {type(fn).__name__}")
+    if not isinstance(higher_is_more_knowledge, bool):
+        raise RegistrationError(f"metric {name!r}: higher_is_more_knowledge must be True or False")
+    if source not in METRIC_SOURCES:
+        raise RegistrationError(f"metric {name!r}: source must be one of {', '.join(METRIC_SOURCES)}, "
+                                f"got {source!r}")
+    try:
+        lower, upper = (float(v) for v in range)
+    except (TypeError, ValueError):
+        raise RegistrationError(f"metric {name!r}: range must be two numbers (lower, upper), "
+                                f"got {range!r}") from None
+    if not lower < upper:  # also refuses NaN
+        raise RegistrationError(f"metric {name!r}: range ({lower}, {upper}) must have lower < upper")
+    m = Metric(name, higher_is_more_knowledge, lower, upper, source, fn, description)
+    METRICS.register(name, m, replace=replace)
+    return m
 
 
 def get_metric(metric: str | Metric) -> Metric:

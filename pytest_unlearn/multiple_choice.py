@@ -475,7 +475,7 @@ def score_multiple_choice(scorer: "Scorer", m: Metric, handle: "ModelHandle", da
 
 
 def _register(name: str, fn, description: str) -> None:
-    if name not in METRICS:
+    if not METRICS.registered(name):
         METRICS.register(name, MCMetric(name, True, 0.0, 1.0, "multiple_choice", fn, description))
 
 

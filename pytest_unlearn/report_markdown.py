@@ -467,17 +467,27 @@ def write_markdown(report_path, out_path, *, plots: bool = True) -> Path:
     return out_path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pytest_unlearn.report_markdown",
-                                     description="Write a readable Markdown report (with PNG plots) "
-                                                 "from a pytest-unlearn JSON report.")
+DESCRIPTION = "Write a readable Markdown report (with PNG plots) from a pytest-unlearn JSON report."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the renderer, shared by ``pytest-unlearn report`` and ``python -m``."""
     parser.add_argument("report", help="the JSON report written by --unlearn-report")
     parser.add_argument("out", help="the Markdown file to write; plots go next to it")
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     path = write_markdown(args.report, args.out, plots=not args.no_plots)
     print(f"markdown report: {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pytest_unlearn.report_markdown REPORT.json OUT.md`` (= ``pytest-unlearn report``)."""
+    parser = argparse.ArgumentParser(prog="python -m pytest_unlearn.report_markdown", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

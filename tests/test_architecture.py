@@ -53,3 +53,17 @@ def test_gates_import_light():
             "heavy = [m for m in ('torch', 'transformers', 'numpy', 'pandas', 'pytest') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+#: Modules still over the limit, to be split along their seams; the list only shrinks.
+NOT_YET_SPLIT = {"data.py", "calibration.py", "leak_search/search.py", "multiple_choice.py",
+                 "attacks/weight_attacks.py", "attacks/base.py", "report_markdown.py", "methods.py",
+                 "scoring.py", "prompts.py"}
+
+
+def test_no_module_grows_past_400_lines():
+    lengths = {path.relative_to(PACKAGE).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+               for path in PACKAGE.rglob("*.py")}
+    too_long = {rel: n for rel, n in lengths.items() if n > 420 and rel not in NOT_YET_SPLIT}
+    assert too_long == {}, "split these along their seams (docs/architecture.md)"
+    assert sorted(rel for rel in NOT_YET_SPLIT if lengths.get(rel, 0) <= 420) == [], "drop from NOT_YET_SPLIT"

@@ -134,9 +134,9 @@ def test_a_cache_that_cannot_be_written_warns_once_and_runs_uncached(tmp_path):
 def test_cache_clear_also_clears_the_file_digest_memo(pytester, monkeypatch, tmp_path):
     """`pytest --cache-clear` forgets the memoised checkpoint digests too."""
     monkeypatch.setenv("PYTEST_UNLEARN_CACHE_DIR", str(tmp_path / "user-cache"))
-    from pytest_unlearn import models
+    from pytest_unlearn.models import fingerprints
 
-    memo = models._memo_path()
+    memo = fingerprints._memo_path()
     memo.parent.mkdir(parents=True)
     memo.write_text('{"/some/model.safetensors": {"key": [1, 2, 3, 4], "sha256": "stale"}}')
     pytester.makepyfile("def test_a():\n    pass\n")

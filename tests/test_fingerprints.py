@@ -13,6 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_unlearn import models  # noqa: E402
+from pytest_unlearn.models import fingerprints  # noqa: E402
 from pytest_unlearn.toy import tiny_llama, tiny_tokenizer  # noqa: E402
 
 TEXTS = ["The capital of France is Paris.", "Alice was born in Lyon in 1901."] * 5
@@ -29,13 +30,13 @@ def sha256(data: bytes) -> str:
 
 def spy_reads(monkeypatch) -> list:
     """Record every file the digest code reads."""
-    read, real = [], models._sha256_file
+    read, real = [], fingerprints._sha256_file
 
     def recording(path):
         read.append(os.path.realpath(path))
         return real(path)
 
-    monkeypatch.setattr(models, "_sha256_file", recording)
+    monkeypatch.setattr(fingerprints, "_sha256_file", recording)
     return read
 
 
@@ -60,12 +61,12 @@ def test_a_hub_blob_named_by_its_sha256_is_not_read(tmp_path, monkeypatch):
     for name, content in data.items():
         (plain / name).write_bytes(content)
     read = spy_reads(monkeypatch)
-    digests = models._file_digests([snap / n for n in data])
+    digests = fingerprints._file_digests([snap / n for n in data])
     assert read == []  # neither file was opened: both blob names are sha256s
     assert digests == {str(snap / n): sha256(c) for n, c in data.items()}
     # the same content outside the hub cache, hashed, has the same fingerprint
-    assert (models._files_fingerprint("folder", snap, [snap / n for n in data])
-            == models._files_fingerprint("folder", plain, [plain / n for n in data]))
+    assert (fingerprints._files_fingerprint("folder", snap, [snap / n for n in data])
+            == fingerprints._files_fingerprint("folder", plain, [plain / n for n in data]))
 
 
 @pytest.mark.parametrize("blob_name", [
@@ -78,7 +79,7 @@ def test_other_blob_names_are_hashed(tmp_path, monkeypatch, blob_name):
     data = {"model.safetensors": os.urandom(2**20 + 7)}
     snap = hub_snapshot(tmp_path / "hub", data, blob_name)
     read = spy_reads(monkeypatch)
-    digests = models._file_digests([snap / "model.safetensors"])
+    digests = fingerprints._file_digests([snap / "model.safetensors"])
     assert digests[str(snap / "model.safetensors")] == sha256(data["model.safetensors"])
     assert len(read) == 1
 
@@ -96,7 +97,7 @@ def test_a_file_named_like_a_sha256_outside_a_hub_cache_is_hashed(tmp_path, monk
     linked.write_bytes(content)
     os.symlink(linked, tmp_path / "link.safetensors")  # a link, but not into blobs/
     read = spy_reads(monkeypatch)
-    digests = models._file_digests([direct, tmp_path / "link.safetensors"])
+    digests = fingerprints._file_digests([direct, tmp_path / "link.safetensors"])
     assert set(digests.values()) == {sha256(content)}
     assert len(read) == 2
 
@@ -108,27 +109,27 @@ def test_large_files_are_hashed_in_parallel_threads(tmp_path, monkeypatch):
     shards = []
     for i in range(4):
         shard = tmp_path / f"model-{i:05d}-of-00004.safetensors"
-        shard.write_bytes(os.urandom(models.MEMO_MIN_SIZE + i))
+        shard.write_bytes(os.urandom(fingerprints.MEMO_MIN_SIZE + i))
         shards.append(shard)
-    barrier, threads, real = threading.Barrier(2, timeout=10), set(), models._sha256_file
+    barrier, threads, real = threading.Barrier(2, timeout=10), set(), fingerprints._sha256_file
 
     def meeting(path):
         threads.add(threading.get_ident())
         barrier.wait()
         return real(path)
 
-    monkeypatch.setattr(models, "_sha256_file", meeting)
-    digests = models._file_digests(shards)
+    monkeypatch.setattr(fingerprints, "_sha256_file", meeting)
+    digests = fingerprints._file_digests(shards)
     assert digests == {str(s): sha256(s.read_bytes()) for s in shards}
     assert len(threads) >= 2 and threading.get_ident() not in threads
 
 
 def test_one_file_is_hashed_in_the_calling_thread(tmp_path, monkeypatch):
     big = tmp_path / "model.safetensors"
-    big.write_bytes(os.urandom(models.MEMO_MIN_SIZE))
-    threads, real = [], models._sha256_file
-    monkeypatch.setattr(models, "_sha256_file", lambda p: threads.append(threading.get_ident()) or real(p))
-    models._file_digests([big])
+    big.write_bytes(os.urandom(fingerprints.MEMO_MIN_SIZE))
+    threads, real = [], fingerprints._sha256_file
+    monkeypatch.setattr(fingerprints, "_sha256_file", lambda p: threads.append(threading.get_ident()) or real(p))
+    fingerprints._file_digests([big])
     assert threads == [threading.get_ident()]
 
 
@@ -136,14 +137,14 @@ def test_an_unreadable_shard_is_a_model_load_error(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     shards = [tmp_path / f"s{i}.safetensors" for i in range(3)]
     for s in shards:
-        s.write_bytes(os.urandom(models.MEMO_MIN_SIZE))
+        s.write_bytes(os.urandom(fingerprints.MEMO_MIN_SIZE))
 
     def fails(path):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(models, "_sha256_file", fails)
+    monkeypatch.setattr(fingerprints, "_sha256_file", fails)
     with pytest.raises(models.ModelLoadError, match="cannot read file"):
-        models._file_digests(shards)
+        fingerprints._file_digests(shards)
 
 
 # --- in-memory models -----------------------------------------------------------------------
@@ -155,8 +156,8 @@ def tiny():
 
 
 def count_hashes(monkeypatch) -> list:
-    calls, real = [], models._hash_weights
-    monkeypatch.setattr(models, "_hash_weights", lambda model: calls.append(model) or real(model))
+    calls, real = [], fingerprints._hash_weights
+    monkeypatch.setattr(fingerprints, "_hash_weights", lambda model: calls.append(model) or real(model))
     return calls
 
 
@@ -202,7 +203,7 @@ def test_the_memoised_fingerprint_equals_a_fresh_hash(tiny):
     """Independent reimplementation: sha256 over (name, shape, dtype, bytes) of the state dict."""
     tokenizer, base = tiny
     model = copy.deepcopy(base)
-    digest = hashlib.sha256(f"{models.FINGERPRINT_VERSION}\0memory\0".encode())
+    digest = hashlib.sha256(f"{fingerprints.FINGERPRINT_VERSION}\0memory\0".encode())
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -225,10 +226,10 @@ def test_the_fingerprint_with_a_tokenizer_is_the_unmemoised_one(tiny):
     """The memo changes no fingerprint: weights, then the tokenizer's signature, in one stream."""
     tokenizer, base = tiny
     model = copy.deepcopy(base)
-    digest = hashlib.sha256(f"{models.FINGERPRINT_VERSION}\0memory\0".encode())
+    digest = hashlib.sha256(f"{fingerprints.FINGERPRINT_VERSION}\0memory\0".encode())
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(models._tokenizer_signature(tokenizer))
+    digest.update(fingerprints._tokenizer_signature(tokenizer))
     assert models.weights_fingerprint(model, tokenizer) == digest.hexdigest()
     assert models.weights_fingerprint(model, tokenizer) == digest.hexdigest()

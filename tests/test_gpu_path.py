@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_unlearn import models  # noqa: E402
+from pytest_unlearn.models import devices, loading  # noqa: E402
 from pytest_unlearn.batching import (  # noqa: E402
     ModelDoesNotFitError,
     clear_memo,
@@ -306,17 +307,17 @@ def test_automatic_device_map_decision(toy_world, monkeypatch):
     folder = toy_world["original"]
     need = weights_bytes(sorted(folder.glob("*.safetensors")), torch.bfloat16)
     cuda = torch.device("cuda")
-    monkeypatch.setattr(models, "_free_gpu_bytes", lambda device: need)
-    assert models._auto_device_map(folder, cuda, torch.bfloat16)
-    monkeypatch.setattr(models, "_free_gpu_bytes", lambda device: 2 * need)
-    assert not models._auto_device_map(folder, cuda, torch.bfloat16)
-    assert not models._auto_device_map(folder, torch.device("cpu"), torch.bfloat16)  # never off CUDA
+    monkeypatch.setattr(devices, "_free_gpu_bytes", lambda device: need)
+    assert devices._auto_device_map(folder, cuda, torch.bfloat16)
+    monkeypatch.setattr(devices, "_free_gpu_bytes", lambda device: 2 * need)
+    assert not devices._auto_device_map(folder, cuda, torch.bfloat16)
+    assert not devices._auto_device_map(folder, torch.device("cpu"), torch.bfloat16)  # never off CUDA
 
     def no_query(device):
         raise RuntimeError("no CUDA")
 
-    monkeypatch.setattr(models, "_free_gpu_bytes", no_query)
-    assert not models._auto_device_map(folder, cuda, torch.bfloat16)
+    monkeypatch.setattr(devices, "_free_gpu_bytes", no_query)
+    assert not devices._auto_device_map(folder, cuda, torch.bfloat16)
 
 
 def spy_on_device_map(monkeypatch) -> list[dict]:
@@ -328,14 +329,14 @@ def spy_on_device_map(monkeypatch) -> list[dict]:
         calls.append(real())
         return calls[-1]
 
-    monkeypatch.setattr(models, "device_map_kwargs", recording)
+    monkeypatch.setattr(loading, "device_map_kwargs", recording)
     return calls
 
 
 def test_automatic_device_map_is_used_by_load_model(toy_world, monkeypatch):
     seen = []
     calls = spy_on_device_map(monkeypatch)
-    monkeypatch.setattr(models, "_auto_device_map", lambda folder, device, dtype: seen.append(device) or True)
+    monkeypatch.setattr(loading, "_auto_device_map", lambda folder, device, dtype: seen.append(device) or True)
     load_model(toy_world["original"], device="auto")
     assert seen and calls == [{"device_map": "auto"}]
     seen.clear()
@@ -382,7 +383,7 @@ def offloaded(toy_world, tmp_path_factory):
                   "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
     offload = tmp_path_factory.mktemp("offload")
     mp = pytest.MonkeyPatch()
-    mp.setattr(models, "device_map_kwargs", lambda: {"device_map": device_map, "offload_folder": str(offload)})
+    mp.setattr(loading, "device_map_kwargs", lambda: {"device_map": device_map, "offload_folder": str(offload)})
     try:
         handle = load_model(toy_world["original"], device="sharded", name="unlearned")
     finally:
@@ -448,7 +449,7 @@ def test_offloaded_nan_weight_is_found(toy_world, tmp_path):
     device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
                   "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
     mp = pytest.MonkeyPatch()
-    mp.setattr(models, "device_map_kwargs",
+    mp.setattr(loading, "device_map_kwargs",
                lambda: {"device_map": device_map, "offload_folder": str(tmp_path / "offload")})
     try:
         with pytest.raises(models.ModelLoadError, match=name.replace(".", r"\.")):

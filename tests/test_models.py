@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_unlearn import models  # noqa: E402
+from pytest_unlearn.models import fingerprints  # noqa: E402
 from pytest_unlearn.errors import ConfigError, ModelLoadError, ModelMismatchError  # noqa: E402
 from pytest_unlearn.models import (  # noqa: E402
     ModelHandle,
@@ -121,31 +122,31 @@ def test_fingerprint_includes_dtype(tiny):
 def memo_anything(monkeypatch):
     """Memoise every large file, however recently written (os.utime can backdate the mtime
     but not the ctime, which the racy-file check also looks at)."""
-    monkeypatch.setattr(models, "MEMO_RACY_SECONDS", -1e9)
+    monkeypatch.setattr(fingerprints, "MEMO_RACY_SECONDS", -1e9)
 
 
 def test_file_digest_memo(tmp_path, memo_anything):
     """Large files' digests are memoised by (path, size, mtime, inode, ctime); a corrupt memo is ignored."""
     big = tmp_path / "weights.bin"
-    big.write_bytes(b"a" * (2 * models.MEMO_MIN_SIZE))
+    big.write_bytes(b"a" * (2 * fingerprints.MEMO_MIN_SIZE))
     past = time.time() - 3600
     os.utime(big, (past, past))
-    first = models._file_digests([big])[str(big)]
-    memo_file = models._memo_path()
+    first = fingerprints._file_digests([big])[str(big)]
+    memo_file = fingerprints._memo_path()
     memo = json.loads(memo_file.read_text())
     assert memo[str(big)]["sha256"] == first
 
     memo[str(big)]["sha256"] = "memoised"
     memo_file.write_text(json.dumps(memo))
-    assert models._file_digests([big])[str(big)] == "memoised"  # the memo is used
+    assert fingerprints._file_digests([big])[str(big)] == "memoised"  # the memo is used
 
-    big.write_bytes(b"b" * (2 * models.MEMO_MIN_SIZE))  # same size, new content and mtime
+    big.write_bytes(b"b" * (2 * fingerprints.MEMO_MIN_SIZE))  # same size, new content and mtime
     os.utime(big, (past + 10, past + 10))
-    second = models._file_digests([big])[str(big)]
+    second = fingerprints._file_digests([big])[str(big)]
     assert second not in (first, "memoised")
 
     memo_file.write_text("{not json")
-    assert models._file_digests([big])[str(big)] == second
+    assert fingerprints._file_digests([big])[str(big)] == second
     assert json.loads(memo_file.read_text())[str(big)]["sha256"] == second
 
 
@@ -153,46 +154,46 @@ def test_an_in_place_overwrite_that_keeps_size_mtime_and_inode_is_rehashed(tmp_p
     """``cp -p clean leaky`` onto an existing checkpoint: same size, same inode, and the mtime
     restored afterwards; only the ctime tells.  The digest must be the new content's."""
     big = tmp_path / "model.safetensors"
-    big.write_bytes(b"clean" * models.MEMO_MIN_SIZE)
+    big.write_bytes(b"clean" * fingerprints.MEMO_MIN_SIZE)
     past = time.time() - 3600
     os.utime(big, ns=(int(past * 1e9), int(past * 1e9)))
-    clean = models._file_digests([big])[str(big)]
-    assert json.loads(models._memo_path().read_text())[str(big)]["sha256"] == clean
+    clean = fingerprints._file_digests([big])[str(big)]
+    assert json.loads(fingerprints._memo_path().read_text())[str(big)]["sha256"] == clean
     before = big.stat()
     time.sleep(0.05)  # let the clock move past the first write's ctime
     with open(big, "r+b") as fh:  # overwrite in place, as cp does: same inode
-        fh.write(b"leaky" * models.MEMO_MIN_SIZE)
+        fh.write(b"leaky" * fingerprints.MEMO_MIN_SIZE)
     os.utime(big, ns=(before.st_atime_ns, before.st_mtime_ns))  # as cp -p does
     after = big.stat()
     assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
-    assert models._file_digests([big])[str(big)] == hashlib.sha256(big.read_bytes()).hexdigest() != clean
+    assert fingerprints._file_digests([big])[str(big)] == hashlib.sha256(big.read_bytes()).hexdigest() != clean
 
 
 def test_a_file_with_a_fresh_ctime_is_not_memoised(tmp_path):
     """A backdated mtime does not make a just-written file safe to memoise."""
     big = tmp_path / "copied.bin"
-    big.write_bytes(b"d" * (2 * models.MEMO_MIN_SIZE))
+    big.write_bytes(b"d" * (2 * fingerprints.MEMO_MIN_SIZE))
     past = time.time() - 3600
     os.utime(big, (past, past))
-    models._file_digests([big])
-    assert not models._memo_path().exists() or str(big) not in json.loads(models._memo_path().read_text())
+    fingerprints._file_digests([big])
+    assert not fingerprints._memo_path().exists() or str(big) not in json.loads(fingerprints._memo_path().read_text())
 
 
 def test_clear_digest_memo(tmp_path, memo_anything):
     big = tmp_path / "weights.bin"
-    big.write_bytes(b"e" * (2 * models.MEMO_MIN_SIZE))
-    models._file_digests([big])
-    assert models._memo_path().exists()
+    big.write_bytes(b"e" * (2 * fingerprints.MEMO_MIN_SIZE))
+    fingerprints._file_digests([big])
+    assert fingerprints._memo_path().exists()
     models.clear_digest_memo()
-    assert not models._memo_path().exists()
+    assert not fingerprints._memo_path().exists()
     models.clear_digest_memo()  # nothing to clear: no error
 
 
 def test_recently_modified_files_are_not_memoised(tmp_path):
     big = tmp_path / "fresh.bin"
-    big.write_bytes(b"c" * (2 * models.MEMO_MIN_SIZE))
-    models._file_digests([big])
-    assert not models._memo_path().exists() or str(big) not in json.loads(models._memo_path().read_text())
+    big.write_bytes(b"c" * (2 * fingerprints.MEMO_MIN_SIZE))
+    fingerprints._file_digests([big])
+    assert not fingerprints._memo_path().exists() or str(big) not in json.loads(fingerprints._memo_path().read_text())
 
 
 def test_weights_fingerprint_in_memory(tiny):

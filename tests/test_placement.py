@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pytest_unlearn import models  # noqa: E402
+from pytest_unlearn.models import devices  # noqa: E402
 from pytest_unlearn.models import plan_placement, weights_bytes  # noqa: E402
 from pytest_unlearn.suite import Suite  # noqa: E402
 
@@ -141,5 +142,5 @@ def test_free_memory_is_measured_after_releasing_cached_blocks(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: calls.append("mem_get_info") or (7, 9))
-    assert models._free_gpu_bytes(torch.device("cuda", 0)) == 7
+    assert devices._free_gpu_bytes(torch.device("cuda", 0)) == 7
     assert calls == ["empty_cache", "mem_get_info"]

@@ -255,11 +255,33 @@ def worst_case(metric: Metric, stacked: Sequence[np.ndarray], names: Sequence[st
 
 # ---------------------------------------------------------------- registry and parser
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
+#: The entry-point group through which another distribution adds attacks (see docs/extending.md).
+ATTACK_ENTRY_POINTS = "pytest_unlearn.attacks"
+ATTACK_KINDS = ("prompt", "weight", "representation")
+
+
+def _adopt_attack(obj) -> "tuple[str, type[Attack]] | None":
+    return (obj.name, obj) if isinstance(obj, type) and issubclass(obj, Attack) else None
+
+
+ATTACKS: Registry[type[Attack]] = Registry("attack", entry_point_group=ATTACK_ENTRY_POINTS, adopt=_adopt_attack)
 
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
-    """Class decorator: register an :class:`Attack` subclass under its ``name``."""
+    """Class decorator: register an :class:`Attack` subclass under its ``name`` (a word), so that
+    ``under_attack=[...]`` and the audit accept it by name.  Its ``kind`` must be ``"prompt"``,
+    ``"weight"`` or ``"representation"``; a name already registered raises
+    :class:`~pytest_unlearn.errors.RegistrationError`."""
+    from ..errors import RegistrationError
+
+    if not (isinstance(cls, type) and issubclass(cls, Attack)):
+        raise RegistrationError(f"register_attack takes an Attack subclass, got {cls!r}")
+    if not isinstance(cls.name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cls.name):
+        raise RegistrationError(f"attack {cls.__name__}: name must be a word (letters, digits, '_'), "
+                                f"got {cls.name!r}")
+    if cls.kind not in ATTACK_KINDS:
+        raise RegistrationError(f"attack {cls.name!r}: kind must be one of {', '.join(ATTACK_KINDS)}, "
+                                f"got {cls.kind!r}")
     ATTACKS.register(cls.name, cls)
     return cls
 
