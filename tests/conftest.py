@@ -35,3 +35,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def import_every_module() -> None:
+    """Import every pytest_unlearn module (not ``__main__``, which runs the command line)."""
+    import importlib
+    import pkgutil
+
+    import pytest_unlearn
+
+    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception:  # noqa: BLE001 - an optional dependency that is not installed
+            pass
+
+
+@pytest.fixture(scope="module")
+def warm_plugin(toy_world):
+    """pytester's in-process runs drop the modules first imported inside them, so a module whose
+    tests run pytest in-process imports the package, and the transformers modules a model and
+    generation need, out here, once (``_warm`` fixtures request this)."""
+    from pytest_unlearn.prompts import dataset_parts
+    from pytest_unlearn.suite import Suite
+
+    import_every_module()
+    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"], cache_dir=None)
+    suite.scorer.generate(suite.original, dataset_parts(suite.forget)[:1])
+    suite.close()

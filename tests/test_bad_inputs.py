@@ -18,10 +18,8 @@ opt-ins in the JSON report, and a corrupted result cache that is recomputed.
 
 from __future__ import annotations
 
-import importlib
 import json
 import pathlib
-import pkgutil
 import re
 import shutil
 import warnings
@@ -37,25 +35,11 @@ MATRIX_FILE = "test_matrix"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them, so import
-    the package (and the transformers modules a model needs) out here, once."""
-    from pytest_unlearn.prompts import dataset_parts
-    from pytest_unlearn.suite import Suite
-
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        if info.name.endswith("__main__"):  # runs the command line
-            continue
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # a module a colleague is still writing
-            pass
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
     import peft  # noqa: F401  (the adapter row)
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401  (the architecture row)
 
-    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"], cache_dir=None)
-    suite.scorer.generate(suite.original, dataset_parts(suite.forget)[:1])
-    suite.close()
 
 
 # ---------------------------------------------------------------- broken models, built once

@@ -4,12 +4,9 @@ error; a failure shows what the attacked model produced and what to do next."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 
 import pytest
 
-import pytest_unlearn
 
 VACUOUS_SUITE = """
 from pytest_unlearn import assert_forgotten
@@ -23,19 +20,9 @@ def test_gate_on_the_forget_set():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them, so import
-    the package (and the transformers modules a model needs) out here, once."""
-    from pytest_unlearn.suite import Suite
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
 
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # noqa: BLE001 - an optional dependency
-            pass
-    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"], cache_dir=None)
-    suite.scorer.per_sample("es", suite.original, suite.forget)
-    suite.close()
 
 
 def _ini(pytester, toy_world, extra=""):

@@ -12,9 +12,7 @@ seed is really used: another seed draws other shots, typos and bootstrap resampl
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 
 import numpy as np
 import pytest
@@ -54,16 +52,9 @@ def test_a_failing_verdict(unlearn):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them, so import
-    the package out here, once."""
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        if info.name.endswith("__main__"):  # runs the command line
-            continue
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # a module a colleague is still writing
-            pass
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
+
 
 
 @pytest.fixture

@@ -486,19 +486,11 @@ def outcomes(text: str) -> dict:
 def serial_run(pytester, world: dict, forget: Path):
     """The gate tests in one plain pytest run (in this process, on one thread like the ranks; its
     own result cache, so it computes, and counts, what the job computed)."""
-    import importlib
-    import pkgutil
-
     import torch
-
-    import pytest_unlearn
+    from conftest import import_every_module
 
     # pytester's in-process runs drop the modules first imported inside them: import them out here
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # noqa: BLE001 - a module still being written elsewhere
-            pass
+    import_every_module()
     for name, text in project_files(world, forget).items():
         (pytester.path / name).write_text(text)
     threads = torch.get_num_threads()

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import shutil
 
 import pytest
 
-import pytest_unlearn
 from pytest_unlearn import scoring
 
 SUITE = """
@@ -28,20 +25,9 @@ def test_retained():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them, so import
-    the package (and the transformers modules a model needs) out here, once."""
-    from pytest_unlearn.prompts import dataset_parts
-    from pytest_unlearn.suite import Suite
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
 
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # a module a colleague is still writing
-            pass
-    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"], cache_dir=None)
-    suite.scorer.generate(suite.original, dataset_parts(suite.forget)[:1])
-    suite.close()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ nothing in runs that do not use it."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import shutil
 import subprocess
 import sys
@@ -17,20 +15,9 @@ from pytest_unlearn.errors import ConfigError
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them, so import
-    the package (and the transformers modules a model needs) out here, once."""
-    import pytest_unlearn
-    from pytest_unlearn.suite import Suite
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
 
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # a module a colleague is still writing
-            pass
-    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"], cache_dir=None)
-    suite.scorer.generate(suite.original, __import__("pytest_unlearn.prompts").prompts.dataset_parts(suite.forget)[:1])
-    suite.close()
 
 
 def ini(pytester, toy_world, **extra) -> None:

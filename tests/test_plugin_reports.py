@@ -3,9 +3,7 @@ the JSON report (``--unlearn-report``, see docs/report-schema.md) and JUnit XML 
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -32,20 +30,9 @@ def test_calibrated(calibrated_model):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them, so import
-    the package (and the transformers modules a model needs) out here, once."""
-    from pytest_unlearn.prompts import dataset_parts
-    from pytest_unlearn.suite import Suite
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
 
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # a module a colleague is still writing
-            pass
-    suite = Suite.from_paths(original=toy_world["original"], forget=toy_world["forget"], cache_dir=None)
-    suite.scorer.generate(suite.original, dataset_parts(suite.forget)[:1])
-    suite.close()
 
 
 @pytest.fixture

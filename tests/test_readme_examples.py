@@ -4,15 +4,12 @@ world's) sit at the paths the example names."""
 
 from __future__ import annotations
 
-import importlib
 import pathlib
-import pkgutil
 import re
 import shutil
 
 import pytest
 
-import pytest_unlearn
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,15 +20,9 @@ def blocks(page: str, language: str) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them: import them here."""
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        if info.name.endswith("__main__"):
-            continue
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # a module a colleague is still writing
-            pass
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
+
 
 
 def lay_out(root: pathlib.Path, toy_world, config: str) -> None:

@@ -4,15 +4,12 @@ records carry exactly the keys documented for their kind."""
 from __future__ import annotations
 
 import ast
-import importlib
 import json
-import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
-import pytest_unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONAL = {"message", "baseline_models"}  # present only on failure / after a comparison
@@ -68,13 +65,9 @@ def test_no_leak():
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _warm(toy_world):
-    """pytester's in-process runs drop the modules first imported inside them: import them here."""
-    for info in pkgutil.walk_packages(pytest_unlearn.__path__, "pytest_unlearn."):
-        try:
-            importlib.import_module(info.name)
-        except Exception:  # an optional dependency
-            pass
+def _warm(warm_plugin):
+    """The package imported out of pytester's in-process runs (tests/conftest.py)."""
+
 
 
 def test_a_real_report_matches_the_documented_keys(pytester, toy_world):
