@@ -33,6 +33,8 @@ _EXPORTS = {
     "PromptFormat": "prompts",
     "Settings": "config",
     "Suite": "suite",
+    "calibrate": "calibration",
+    "CalibrationResult": "calibration",
     "assert_forgotten": "assertions",
     "assert_retained": "assertions",
     "ForgettingResult": "assertions",

@@ -78,3 +78,14 @@ def test_the_configuration_page_s_toml_examples_read_as_written(pytester, toy_wo
     pytester.makepyfile(test_settings=CHECK_SETTINGS)
     result = pytester.runpytest("-s")
     result.assert_outcomes(passed=1)
+
+
+def test_the_readme_library_example_runs_as_written(toy_world, tmp_path, monkeypatch, capsys):
+    """The "Library use without pytest" block, run as a script in a folder with the toy world's
+    models and data at the paths it names."""
+    (code,) = [b for b in blocks("README.md", "python") if "from pytest_unlearn import load_model" in b]
+    lay_out(tmp_path, toy_world, code)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md (library example)", "exec"), {"__name__": "__readme__"})
+    out = capsys.readouterr().out
+    assert "ScoreResult(es=" in out and "alpha" in out
