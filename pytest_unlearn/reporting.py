@@ -30,6 +30,16 @@ __all__ = ["Recorder", "active_recorder", "recording", "record_assertion", "cali
 
 SCHEMA = "pytest-unlearn-report/1"
 
+class Verdict:
+    """Mixin of the assertion results: ``verdict`` is ``"pass"`` or ``"fail"`` from ``passed``."""
+
+    passed: bool
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "fail"
+
+
 class Recorder:
     """Collects the records of one session (or one xdist worker)."""
 

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
+from .reporting import Verdict
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -147,7 +149,7 @@ def normalised_probability(p_answer: float, p_perturbed: Sequence[float]) -> flo
 # ---------------------------------------------------------------- on models
 
 @dataclass
-class ForgetQualityResult:
+class ForgetQualityResult(Verdict):
     """``p_value`` (the forget quality), the KS ``statistic`` and the per-sample raw truth ratios."""
 
     p_value: float
@@ -162,10 +164,6 @@ class ForgetQualityResult:
     @property
     def log10(self) -> float:
         return math.log10(self.p_value) if self.p_value > 0 else float("-inf")
-
-    @property
-    def verdict(self) -> str:
-        return "pass" if self.passed else "fail"
 
 
 @dataclass

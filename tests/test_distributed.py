@@ -164,18 +164,11 @@ def pytest_configure(config):
     config.option.xmlpath = f"junit-{tag}.xml"
 """
 
-# what each rank computes, pickled for the test process to compare with one process
-SHARDS = """
+# what every rank's test file starts with: the files the job shares, and what each rank raised
+RANK_PRELUDE = """
 import json
 import pickle
 from pathlib import Path
-
-from pytest_unlearn import distributed
-from pytest_unlearn.cache import ResultCache
-from pytest_unlearn.data import dataset_from_records
-from pytest_unlearn.forward import answer_logits
-from pytest_unlearn.prompts import dataset_parts
-from pytest_unlearn.scoring import Scorer
 
 HERE = Path(__file__).parent
 
@@ -185,6 +178,16 @@ def caught(fn):
         return ("ok", fn())
     except Exception as exc:  # what each rank raised is the point
         return (type(exc).__name__, str(exc))
+"""
+
+# what each rank computes, pickled for the test process to compare with one process
+SHARDS = RANK_PRELUDE + """
+from pytest_unlearn import distributed
+from pytest_unlearn.cache import ResultCache
+from pytest_unlearn.data import dataset_from_records
+from pytest_unlearn.forward import answer_logits
+from pytest_unlearn.prompts import dataset_parts
+from pytest_unlearn.scoring import Scorer
 
 
 def test_shards(unlearn):
@@ -249,11 +252,7 @@ def test_shards(unlearn):
 WEIGHT_ATTACKS = ("quantize:8", "relearn:steps=2,lr=1e-2", "relearn:steps=2,lr=1e-2,lora=true")
 ATTACK_METRICS = ("es", "prob")
 
-ATTACKS = """
-import json
-import pickle
-from pathlib import Path
-
+ATTACKS = RANK_PRELUDE + """
 import torch
 
 from pytest_unlearn import distributed
@@ -262,15 +261,6 @@ from pytest_unlearn.attacks import weight_attacks as wa
 from pytest_unlearn.data import dataset_from_records
 from pytest_unlearn.errors import AttackError
 from pytest_unlearn.scoring import Scorer
-
-HERE = Path(__file__).parent
-
-
-def caught(fn):
-    try:
-        return ("ok", fn())
-    except Exception as exc:  # what each rank raised is the point
-        return (type(exc).__name__, str(exc))
 
 
 def test_weight_attacks(unlearn, monkeypatch):

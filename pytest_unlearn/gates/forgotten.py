@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UnlearningAssertionError, UnlearnWarning, VacuousCheckError
 from ..formatting import number as fmt
+from ..reporting import Verdict
 from . import verdict
 from .checks import as_list, attack_list, check_fraction, check_reduce, check_threshold
 from .record import base_record, data_info, model_info, run_recorded
@@ -31,7 +32,7 @@ UNINFORMATIVE = "uninformative (the attack also destroys the original's knowledg
 
 
 @dataclass
-class ForgettingResult:
+class ForgettingResult(Verdict):
     """What ``assert_forgotten`` measured.  ``scores``: one row per sample, columns ``none``,
     each attack spec, ``original:<attack>``, ``reference:<attack>``, ``worst``, ``worst_attack``."""
 
@@ -48,10 +49,6 @@ class ForgettingResult:
     notes: list[str] = field(default_factory=list)
     record: dict = field(default_factory=dict, repr=False)
     message: str = field(default="", repr=False)
-
-    @property
-    def verdict(self) -> str:
-        return "pass" if self.passed else "fail"
 
 
 def assert_forgotten(metric, threshold, *, under_attack=(), model=None, data=None, calibrate=None,

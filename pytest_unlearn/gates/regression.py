@@ -13,6 +13,7 @@ from ..baselines import (FORMAT, MAX_LISTED, UPDATE_HINT, BaselineError, Baselin
                          active_store, default_name, read_baseline, render)
 from ..errors import ConfigError, UnlearningAssertionError
 from ..formatting import number as fmt, text_table
+from ..reporting import Verdict
 from . import verdict
 from .checks import as_list, attack_list, check_reduce, number
 from .record import base_record, data_info, model_info, run_recorded, short
@@ -29,7 +30,7 @@ __all__ = ["assert_no_regression", "RegressionResult", "run_regression"]
 
 
 @dataclass
-class RegressionResult:
+class RegressionResult(Verdict):
     """What ``assert_no_regression`` measured.  ``scores``: one row per sample (columns
     ``baseline``, ``now``, ``change`` (now - baseline), ``worst_attack``, ``regressed``);
     ``forgetting``: the threshold-free figures (:class:`~pytest_unlearn.gates.verdict.Figures`)
@@ -48,10 +49,6 @@ class RegressionResult:
     passed: bool = True
     record: dict = field(default_factory=dict, repr=False)
     message: str = field(default="", repr=False)
-
-    @property
-    def verdict(self) -> str:
-        return "pass" if self.passed else "fail"
 
 
 def assert_no_regression(metric="es", baseline: str | os.PathLike | None = None, *, under_attack=(),

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, UnlearningAssertionError
+from ..reporting import Verdict
 from . import verdict
 from .checks import number
 from .record import base_record, data_info, model_info, run_recorded
@@ -23,7 +24,7 @@ __all__ = ["assert_retained", "RetentionResult"]
 
 
 @dataclass
-class RetentionResult:
+class RetentionResult(Verdict):
     """What ``assert_retained`` measured.  ``scores``: columns ``model`` and ``original``."""
 
     metric: "Metric"
@@ -37,10 +38,6 @@ class RetentionResult:
     notes: list[str] = field(default_factory=list)
     record: dict = field(default_factory=dict, repr=False)
     message: str = field(default="", repr=False)
-
-    @property
-    def verdict(self) -> str:
-        return "pass" if self.passed else "fail"
 
 
 def assert_retained(metric, *, min_ratio: float = 0.9, model=None, data=None,
