@@ -12,7 +12,9 @@ does no forward pass again.
 A metric that comes out NaN for any sample raises :class:`MetricError` naming the
 sample: a gate must never pass on what remains.  So does a NaN or +inf logit at any real
 token position (in the teacher-forced pass or while generating), which would otherwise
-read as "the model does not predict the answer", i.e. as forgotten.
+read as "the model does not predict the answer", i.e. as forgotten (the guards are in
+:mod:`~pytest_unlearn.score_checks`; a scoring's :class:`ScoreResult` and :class:`Cost` in
+:mod:`~pytest_unlearn.score_result`).
 
 Under ``torchrun`` (see :mod:`~pytest_unlearn.distributed` and docs/distributed.md) the
 teacher-forced pass and batched generation are split over the ranks by whole length-sorted
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
@@ -35,46 +36,13 @@ from .errors import MetricError
 from .forward import STAT_FIELDS, TokenStats, default_batch_size, teacher_forced_stats
 from .metrics import Metric, get_metric, reduce_scores
 from .prompts import PromptFormat, PromptParts, dataset_parts, encode, parse_prompt_format, parse_template_args
+from .score_checks import _finite_logits, _model_label, _nonfinite_step_hook, _sample_names
+from .score_result import Cost, ScoreResult
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from .data import Dataset
     from .generation import Generations
     from .models import ModelHandle
-
-
-@dataclass
-class ScoreResult:
-    """Per-sample scores of one metric on one model and dataset."""
-
-    metric: Metric
-    values: "pd.Series"  # indexed by sample id
-    reduced: float
-    reduce: str = "mean"
-    model: str = ""
-    data: str = ""
-    attack: str | None = None
-    cost: dict = field(default_factory=dict)
-    truncated: list = field(default_factory=list)  # ids of samples whose prompt was cut to fit the context
-    # ids of samples whose new-token budget was cut to fit the context (generation metrics only)
-    generation_cut: list = field(default_factory=list)
-
-    def __repr__(self) -> str:
-        return (f"ScoreResult({self.metric.name}={self.reduced:.4f} [{self.reduce}] on {self.data} "
-                f"by {self.model}{', attack ' + self.attack if self.attack else ''}, n={len(self.values)})")
-
-
-@dataclass
-class Cost:
-    seconds: float = 0.0
-    forward_passes: int = 0  # batches actually run (cache hits run none)
-    generations: int = 0
-    cached: int = 0
-
-    def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "forward_batches": self.forward_passes,
-                "generation_batches": self.generations, "cache_hits": self.cached}
 
 
 def _ids_digest(encoded) -> str:
@@ -84,55 +52,6 @@ def _ids_digest(encoded) -> str:
         h.update(np.int64(e.answer_start).tobytes())
         h.update(b"|")
     return h.hexdigest()
-
-
-def _sample_names(dataset: "Dataset") -> list[str]:
-    """``path sample <id> (line 7)``: the file, the sample id and, when known, where it came from."""
-    where = getattr(dataset, "locations", None)
-    if where is None or len(where) != len(dataset):
-        return [f"{dataset.source} sample {sid}" for sid in dataset.ids]
-    return [f"{dataset.source} sample {sid} ({loc})" for sid, loc in zip(dataset.ids, where)]
-
-
-def _model_label(handle) -> str:
-    name = getattr(handle, "name", "model")
-    return f"the {'' if name == 'model' else name + ' '}model ({getattr(handle, 'source', '<memory>')})"
-
-
-def _finite_logits(logits_fn: Callable | None, bad_rows: list) -> Callable:
-    """Wrap a ``logits_fn`` (default :func:`~pytest_unlearn.forward.answer_logits`) so that every
-    batch row with a NaN or +inf logit at a real (non-padding) position is noted in ``bad_rows``
-    (as its unpadded token ids).  A -inf logit (a token made impossible) is legitimate."""
-    from .forward import answer_logits
-
-    fn = logits_fn or answer_logits
-
-    def checked(model, ids, mask, pos, keep):
-        import torch
-
-        logits = fn(model, ids, mask, pos, keep)
-        real = mask[:, -logits.shape[1]:].bool()
-        broken = ~torch.isfinite(logits.amax(-1)) & real  # amax propagates NaN and +inf
-        for r in torch.nonzero(broken.any(-1)).flatten().tolist():
-            bad_rows.append(tuple(ids[r][mask[r].bool()].tolist()))
-        return logits
-
-    return checked
-
-
-def _nonfinite_step_hook(flag: list) -> Callable:
-    """A forward hook noting (in ``flag``) a NaN or +inf next-token logit during generation."""
-    def hook(module, args, output):
-        import torch
-
-        logits = getattr(output, "logits", None)
-        if flag or logits is None or not torch.is_tensor(logits) or logits.dim() != 3:
-            return None
-        if not bool(torch.isfinite(logits[:, -1, :].amax(-1)).all()):
-            flag.append(True)
-        return None
-
-    return hook
 
 
 #: The settings that decide how a sample becomes the model's input (the prompt format, the

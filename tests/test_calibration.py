@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch")
 
 from pytest_unlearn import calibration  # noqa: E402
 from pytest_unlearn.cache import ResultCache  # noqa: E402
+from pytest_unlearn.calibration import mixing  # noqa: E402
 from pytest_unlearn.calibration import (  # noqa: E402
     CalibrationWarning,
     calibrate,
@@ -242,7 +243,7 @@ def test_compare_orders_by_calibrated_forget_score(world, monkeypatch):
     copies = []
     real_deepcopy = copy.deepcopy
     counting = SimpleNamespace(deepcopy=lambda *a: copies.append(1) or real_deepcopy(*a))
-    monkeypatch.setattr(calibration, "copy", counting)
+    monkeypatch.setattr(mixing, "copy", counting)
     candidates = {"noisy": noisy(world.original, 0.3),
                   "noisier": noisy(world.original, 1.0, seed=2, name="noisier"),
                   "reference": world.reference,
@@ -289,7 +290,7 @@ def test_one_working_copy_serves_every_tau_and_metric(world, toy_world, monkeypa
 
     copies = []
     real_deepcopy = copy.deepcopy
-    monkeypatch.setattr(calibration, "copy", SimpleNamespace(deepcopy=lambda *a: copies.append(1) or real_deepcopy(*a)))
+    monkeypatch.setattr(mixing, "copy", SimpleNamespace(deepcopy=lambda *a: copies.append(1) or real_deepcopy(*a)))
     suite = Suite.from_paths(original=toy_world["original"], retain=toy_world["retain"], cache_dir=None, device="cpu")
     unlearned = noisy(world.original, 0.3)
     try:
