@@ -10,7 +10,8 @@ attacks ``quantize`` (:mod:`.quantize`), ``relearn`` (:mod:`.relearn`) and ``abl
 (:mod:`.ablate`), which share :mod:`.snapshot` (restoring the weights) and
 :mod:`.session_memo` (keeping outcomes); the representation attack ``logit_lens``
 (:mod:`.logit_lens`).  ``a+b`` chains a weight attack and an attack on its attacked weights
-(:class:`~.chain.Chain`).  The framework (:class:`Attack`, the registry) is in :mod:`.base`.
+(:class:`~.chain.Chain`).  The framework (:class:`Attack`, the registry) is in :mod:`.base`,
+the spec parser in :mod:`.spec`, the control rule (is an attack informative?) in :mod:`.controls`.
 Each ``run`` returns an :class:`AttackOutcome`: per-sample scores aligned with the data
 rows (worst case over the attack's variants), the variant behind each, the prompt used,
 notes and the cost.  See ``docs/attacks.md``.
