@@ -56,9 +56,7 @@ def test_gates_import_light():
 
 
 #: Modules still over the limit, to be split along their seams; the list only shrinks.
-NOT_YET_SPLIT = {"data.py", "calibration.py", "multiple_choice.py",
-                 "report_markdown.py", "methods.py",
-                 "scoring.py", "prompts.py"}
+NOT_YET_SPLIT = {"data.py", "calibration.py", "multiple_choice.py", "report_markdown.py", "scoring.py", "prompts.py"}
 
 
 def test_no_module_grows_past_400_lines():
