@@ -373,7 +373,7 @@ class Suite:
     def close(self) -> None:
         """Release every model this suite loaded (and calibrated)."""
         if self._scorer is not None:  # the weights relearning kept for the session
-            from .attacks.weight_attacks import release_memo
+            from .attacks.session_memo import release_memo
 
             release_memo(self._scorer)
         for calibration in self._calibrations.values():

@@ -36,7 +36,7 @@ def test_the_core_never_imports_pytest():
 
 
 def test_the_verdict_layer_imports_no_model_code():
-    allowed_relative = {"..metrics", "..attacks.base", "..formatting", "..errors"}
+    allowed_relative = {"..metrics", "..attacks.controls", "..formatting", "..errors"}
     for name in ("verdict.py", "checks.py", "record.py"):
         found = imported_modules(PACKAGE / "gates" / name)
         relative = {n for n in found if n.startswith(".")}
@@ -56,8 +56,7 @@ def test_gates_import_light():
 
 
 #: Modules still over the limit, to be split along their seams; the list only shrinks.
-NOT_YET_SPLIT = {"leak_search/search.py", "multiple_choice.py",
-                 "attacks/weight_attacks.py", "attacks/base.py", "methods.py"}
+NOT_YET_SPLIT = {"multiple_choice.py"}
 
 
 def test_no_module_grows_past_400_lines():

@@ -257,7 +257,7 @@ import torch
 
 from pytest_unlearn import distributed
 from pytest_unlearn.attacks import AttackContext, run_attack
-from pytest_unlearn.attacks import weight_attacks as wa
+from pytest_unlearn.attacks import quantize, relearn, session_memo
 from pytest_unlearn.data import dataset_from_records
 from pytest_unlearn.errors import AttackError
 from pytest_unlearn.scoring import Scorer
@@ -267,7 +267,7 @@ def test_weight_attacks(unlearn, monkeypatch):
     spec = json.loads((HERE / "spec.json").read_text())
     rank = distributed.rank()
     trained = []
-    real_train, real_quantize = wa.train_answers, wa.Quantize.quantize
+    real_train, real_quantize = relearn.train_answers, quantize.Quantize.quantize
 
     def train_differently(model, *args, **kwargs):
         trained.append(kwargs.get("desc"))
@@ -283,15 +283,15 @@ def test_weight_attacks(unlearn, monkeypatch):
         out = real_quantize(self, weight)
         return out * 1.05 if rank else out
 
-    monkeypatch.setattr(wa, "train_answers", train_differently)
-    monkeypatch.setattr(wa.Quantize, "quantize", quantize_differently)
+    monkeypatch.setattr(relearn, "train_answers", train_differently)
+    monkeypatch.setattr(quantize.Quantize, "quantize", quantize_differently)
     data = dataset_from_records(spec["records"], name="varied")
     scorer = Scorer(batch_size=spec["batch"])
     ctx = AttackContext(scorer, forget=data, seed=0)
     seen = {"rank": rank, "active": distributed.active(),
             "values": {a: {m: run_attack(a, m, unlearn.original, data, ctx).values for m in spec["attack_metrics"]}
                        for a in spec["weight_attacks"]}}
-    memo = wa.memo_for(scorer)
+    memo = session_memo.memo_for(scorer)
     seen.update(trained=trained, trainings=memo.trainings, applied=memo.applied)
 
     # a failure on rank 0 while it computes the weights reaches every rank; tensors that

@@ -10,7 +10,7 @@ import torch
 
 from pytest_unlearn import load_dataset, load_model
 from pytest_unlearn.attacks import AttackContext, parse_attack, run_attack
-from pytest_unlearn.attacks import weight_attacks as wa
+from pytest_unlearn.attacks import quantize, relearn, session_memo, snapshot
 from pytest_unlearn.cache import ResultCache
 from pytest_unlearn.scoring import Scorer
 from pytest_unlearn.suite import Suite
@@ -32,13 +32,13 @@ def world(toy_world):
 def trainings(monkeypatch):
     """Counts the folds actually trained (calls of the training loop)."""
     calls = []
-    real = wa.train_answers
+    real = relearn.train_answers
 
     def counted(*args, **kwargs):
         calls.append(kwargs.get("desc"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(wa, "train_answers", counted)
+    monkeypatch.setattr(relearn, "train_answers", counted)
     return calls
 
 
@@ -109,13 +109,13 @@ def test_no_cache_suite_repeats_an_assertion_without_training(toy_world, trainin
         assert len(trainings) == 4
     finally:
         suite.close()
-    assert suite._scorer not in wa._MEMOS  # closing the suite frees the kept weights
+    assert suite._scorer not in session_memo._MEMOS  # closing the suite frees the kept weights
 
 
 def test_quantize_is_applied_once_per_session(world, monkeypatch):
     calls = []
-    real = wa.Quantize.quantize
-    monkeypatch.setattr(wa.Quantize, "quantize", lambda self, w: calls.append(1) or real(self, w))
+    real = quantize.Quantize.quantize
+    monkeypatch.setattr(quantize.Quantize, "quantize", lambda self, w: calls.append(1) or real(self, w))
     model, data, scorer = world["original"], world["forget"], Scorer()
     first = run_attack("quantize:4", "es", model, data, ctx_for(world, scorer))
     n = len(calls)
@@ -127,12 +127,12 @@ def test_quantize_is_applied_once_per_session(world, monkeypatch):
 
 def test_weights_over_the_memo_budget_are_not_kept(world, trainings):
     model, data, scorer = world["original"], world["forget"], Scorer()
-    wa._MEMOS[scorer] = wa.AttackMemo(budget=0)
+    session_memo._MEMOS[scorer] = session_memo.AttackMemo(budget=0)
     out = run_attack(SPEC, "es", model, data, ctx_for(world, scorer))
     assert any("not kept" in n for n in out.notes)
     run_attack(SPEC, "prob", model, data, ctx_for(world, scorer))
     assert len(trainings) == 4  # trained again: nothing was kept
-    assert wa._MEMOS[scorer].bytes == 0
+    assert session_memo._MEMOS[scorer].bytes == 0
 
 
 def test_the_algorithm_version_keys_every_cached_outcome(world, tmp_path, monkeypatch, trainings):
@@ -140,11 +140,11 @@ def test_the_algorithm_version_keys_every_cached_outcome(world, tmp_path, monkey
     run_attack(SPEC, "es", model, data, ctx_for(world, Scorer(), cache=ResultCache(tmp_path)))
     hit = run_attack(SPEC, "es", model, data, ctx_for(world, Scorer(), cache=ResultCache(tmp_path)))
     assert hit.cost.get("cached") and len(trainings) == 2
-    monkeypatch.setattr(wa.Relearn, "version", "relearn-v-next")
+    monkeypatch.setattr(relearn.Relearn, "version", "relearn-v-next")
     changed = run_attack(SPEC, "es", model, data, ctx_for(world, Scorer(), cache=ResultCache(tmp_path)))
     assert not changed.cost.get("cached") and len(trainings) == 4
-    a = wa.derived_fingerprint(model, SPEC, "fold 1/2", 0, version="relearn-v1")
-    assert a != wa.derived_fingerprint(model, SPEC, "fold 1/2", 0, version="relearn-v2")
+    a = snapshot.derived_fingerprint(model, SPEC, "fold 1/2", 0, version="relearn-v1")
+    assert a != snapshot.derived_fingerprint(model, SPEC, "fold 1/2", 0, version="relearn-v2")
 
 
 def test_a_failure_message_under_relearn_is_not_trained_again_in_the_next_session(toy_world, trainings, tmp_path):

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from pytest_unlearn import load_dataset, load_model  # noqa: E402
 from pytest_unlearn import training  # noqa: E402
 from pytest_unlearn.attacks import AttackContext, run_attack  # noqa: E402
-from pytest_unlearn.attacks import weight_attacks as wa  # noqa: E402
+from pytest_unlearn.attacks import relearn  # noqa: E402
 from pytest_unlearn.errors import AttackError, UnlearnError  # noqa: E402
 from pytest_unlearn.prompts import dataset_parts  # noqa: E402
 from pytest_unlearn.scoring import Scorer  # noqa: E402
@@ -113,7 +113,7 @@ def test_an_out_of_memory_step_is_run_in_micro_batches(world, monkeypatch):
         model.forward = limited
         for p in model.parameters():
             p.requires_grad_(True)
-        wa.train_answers(model, handle, data, ctx, steps=1, lr=1e-3, batch_size=4, seed=0)
+        relearn.train_answers(model, handle, data, ctx, steps=1, lr=1e-3, batch_size=4, seed=0)
         return list(grads[0]), calls
 
     plain, calls = step_grads(None)

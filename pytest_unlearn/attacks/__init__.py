@@ -6,9 +6,12 @@
 
 Names (``ATTACKS``): prompt attacks ``jailbreak``, ``prefill``, ``paraphrase``, ``icl``,
 ``noise`` (:mod:`.prompt_attacks`) and the optimised suffix ``gcg`` (:mod:`.gcg`); weight
-attacks ``quantize``, ``relearn`` (:mod:`.weight_attacks`) and ``ablate`` (:mod:`.ablate`);
-the representation attack ``logit_lens`` (:mod:`.logit_lens`).  ``a+b`` chains a weight
-attack and an attack on its attacked weights (:class:`~.chain.Chain`).
+attacks ``quantize`` (:mod:`.quantize`), ``relearn`` (:mod:`.relearn`) and ``ablate``
+(:mod:`.ablate`), which share :mod:`.snapshot` (restoring the weights) and
+:mod:`.session_memo` (keeping outcomes); the representation attack ``logit_lens``
+(:mod:`.logit_lens`).  ``a+b`` chains a weight attack and an attack on its attacked weights
+(:class:`~.chain.Chain`).  The framework (:class:`Attack`, the registry) is in :mod:`.base`,
+the spec parser in :mod:`.spec`, the control rule (is an attack informative?) in :mod:`.controls`.
 Each ``run`` returns an :class:`AttackOutcome`: per-sample scores aligned with the data
 rows (worst case over the attack's variants), the variant behind each, the prompt used,
 notes and the cost.  See ``docs/attacks.md``.
@@ -26,7 +29,8 @@ from .chain import Chain
 from .gcg import GCG
 from .logit_lens import LogitLens
 from .prompt_attacks import InContext, Jailbreak, Noise, Paraphrase, Prefill
-from .weight_attacks import Quantize, Relearn
+from .quantize import Quantize
+from .relearn import Relearn
 
 __all__ = ["ATTACKS", "Ablate", "Attack", "AttackContext", "AttackOutcome", "Chain", "GCG", "InContext",
            "Jailbreak", "LogitLens", "Noise", "Param", "Paraphrase", "Prefill", "Quantize", "Relearn",

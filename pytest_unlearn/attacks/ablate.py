@@ -35,7 +35,8 @@ from ..errors import AttackError
 from ..prompts import dataset_parts
 from .base import Attack, AttackContext, AttackOutcome, _generate_rows, register_attack
 from .params import Param, as_int
-from .weight_attacks import WeightSnapshot, _cached, _outcome_key, _store, derived_fingerprint
+from .session_memo import _cached, _outcome_key, _store
+from .snapshot import WeightSnapshot, derived_fingerprint
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +59,7 @@ def as_layer(value):
 
 
 def as_against(value):
-    from .weight_attacks import DATA_SUFFIXES
+    from .relearn import DATA_SUFFIXES
 
     if not isinstance(value, (str, os.PathLike)):
         raise ValueError(f"expected retain or a data file path, got {type(value).__name__}")

@@ -1,25 +1,16 @@
-"""The attack framework: :class:`Attack`, its context and outcome, the spec parser, the registry.
+"""The attack framework: :class:`Attack`, its context and outcome, the registry.
 
-An attack spec is what users type in ``assert_forgotten(under_attack=[...])``::
-
-    quantize                       every parameter at its default
-    quantize:4                     a bare value sets the first parameter (bits)
-    quantize:bits=4,method=nf4     named parameters, in any order
-    logit_lens:layers=4,8          list parameters take comma-separated values
-    prefill:text="Sure, here it is:"   quote values that hold commas or '='
-
-Values are checked and coerced to the parameter's type; a malformed spec raises
-:class:`~pytest_unlearn.errors.AttackError` saying what is wrong and listing the accepted
-parameters, and an unknown attack name raises
-:class:`~pytest_unlearn.errors.UnknownNameError` suggesting the nearest name.
-:attr:`Attack.spec` is the canonical form (every parameter, defaults included, sorted by
-name), so equal attacks have equal specs and ``parse_attack(a.spec) == a``.
+Every attack subclasses :class:`Attack` (its parameters, canonical spec, ``run``) and is
+registered by name with :func:`register_attack`.  Attack specs such as ``quantize:bits=4``
+are parsed in :mod:`.spec` (:func:`parse_attack`, :func:`split_chain`, :func:`run_attack`);
+the control rules that say whether an attack is informative (:func:`knowledge_kept`,
+:func:`attack_is_uninformative`) are in :mod:`.controls`.  Both are importable from here as
+before.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,7 +21,8 @@ import numpy as np
 from ..errors import AttackError
 from ..metrics import Metric, get_metric
 from ..registry import Registry
-from .params import Param, as_text, format_value
+from .controls import attack_is_uninformative, judged_by_control, knowledge_kept
+from .params import Param, format_value
 
 if TYPE_CHECKING:
     from ..cache import ResultCache
@@ -286,221 +278,6 @@ def register_attack(cls: type[Attack]) -> type[Attack]:
     return cls
 
 
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside double quotes (a backslash escapes inside quotes)."""
-    parts, buf, quoted, escaped = [], [], False, False
-    for ch in text:
-        if escaped:
-            buf.append(ch)
-            escaped = False
-        elif quoted and ch == "\\":
-            buf.append(ch)
-            escaped = True
-        elif ch == '"':
-            buf.append(ch)
-            quoted = not quoted
-        elif ch == sep and not quoted:
-            parts.append("".join(buf))
-            buf = []
-        else:
-            buf.append(ch)
-    if quoted:
-        raise ValueError("unterminated double quote")
-    parts.append("".join(buf))
-    return parts
-
-
-def _unquote(text: str) -> str:
-    """``"a \\"b\\""`` -> ``a "b"``; unquoted text is returned as it is."""
-    stripped = text.strip()
-    if len(stripped) >= 2 and stripped[0] == '"' and stripped[-1] == '"':
-        out, escaped = [], False
-        for ch in stripped[1:-1]:
-            if escaped:
-                out.append(ch)
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                raise ValueError("a double quote inside a quoted value must be escaped as \\\"")
-            else:
-                out.append(ch)
-        return "".join(out)
-    if '"' in text:
-        raise ValueError(f"stray double quote in {text!r}; quote the whole value")
-    return text
-
-
-_STEP_NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?::|$)")
-
-
-def split_chain(spec: str) -> list[str]:
-    """The steps of a chained spec (``relearn:steps=5+logit_lens`` -> two specs).
-
-    A ``+`` outside double quotes starts a new step when the text after it begins with an
-    attack name (a registered one or a near miss, so that a typo gets a suggestion), then
-    ``:`` or the end; any other ``+`` belongs to a value (``prefill:text=1+1``).
-    """
-    try:
-        pieces = _split_top(spec, "+")
-    except ValueError:
-        return [spec]  # the step's own parser reports the unterminated quote
-    names = ATTACKS.names()
-    steps = [pieces[0]]
-    for piece in pieces[1:]:
-        m = _STEP_NAME.match(piece)
-        word = m.group(1).lower() if m else ""
-        if word and (word in names or difflib.get_close_matches(word, names, n=1, cutoff=0.75)):
-            steps.append(piece)
-        else:
-            steps[-1] += "+" + piece
-    return steps
-
-
-def parse_attack(spec: "str | Attack") -> Attack:
-    """An :class:`Attack` from a spec string (or the attack itself); ``a+b`` is a chain
-    (:class:`~pytest_unlearn.attacks.chain.Chain`)."""
-    if isinstance(spec, Attack):
-        return spec
-    if not isinstance(spec, str):
-        raise AttackError(f"an attack is a spec string such as 'quantize:4' or an Attack object, "
-                          f"got {type(spec).__name__} {_show(spec)}")
-    steps = split_chain(spec)
-    if len(steps) > 1:
-        from .chain import Chain
-
-        return Chain([_parse_one(s) for s in steps], given=spec)
-    return _parse_one(spec)
-
-
-def _parse_one(spec: str) -> Attack:
-    name, sep, rest = spec.partition(":")
-    name = name.strip()
-    if not name:
-        raise AttackError(f"attack spec {spec!r} has no attack name (known: {', '.join(ATTACKS.names())})")
-    cls = ATTACKS.get(name)  # UnknownNameError with suggestions
-    if not sep or not rest.strip():
-        return cls()
-    try:
-        tokens = _split_top(rest, ",")
-    except ValueError as exc:
-        raise cls.error(f"cannot parse {spec!r}: {exc}") from None
-    by_name = {p.name: p for p in cls.PARAMS}
-    raw: dict[str, list[str]] = {}
-    current: str | None = None
-    for position, token in enumerate(tokens):
-        key, eq, value = token.partition("=")
-        key = key.strip().lower()
-        if eq and '"' not in key and key in by_name:
-            if key in raw:
-                raise cls.error(f"parameter {key!r} is given twice in {spec!r}")
-            raw[key], current = [value], key
-        elif current is not None and by_name[current].multi:
-            raw[current].append(token)  # the next piece of a list or of free text
-        elif eq and '"' not in key:
-            cls._coerce({key: value})  # raises: unknown parameter (with a suggestion)
-        elif position == 0 and cls.PARAMS:
-            current = cls.PARAMS[0].name
-            raw[current] = [token]
-        elif not cls.PARAMS:
-            raise cls.error(f"{spec!r} gives a value but there is nothing to set")
-        else:
-            raise cls.error(f"{token.strip()!r} in {spec!r} has no name: only the first value may "
-                            f"be bare (it sets {cls.PARAMS[0].name}); write name=value")
-    given = {}
-    for key, pieces in raw.items():
-        try:
-            given[key] = _unquote(",".join(pieces))
-        except ValueError as exc:
-            raise cls.error(f"{key}: {exc}") from None
-        if not by_name[key].multi or by_name[key].coerce is not as_text:
-            given[key] = given[key].strip()
-    return cls(**given)
-
-
-def run_attack(spec: "str | Attack", metric: "str | Metric", model: "ModelHandle", data: "Dataset",
-               ctx: AttackContext) -> AttackOutcome:
-    """``parse_attack(spec).run(metric, model, data, ctx)``."""
-    return parse_attack(spec).run(metric, model, data, ctx)
-
-
-# ---------------------------------------------------------------- controls
-
-def _as_knowledge(value, m: Metric):
-    """A metric value on one scale for every metric: higher = more knowledge, and 0 = the
-    metric's chance ("no knowledge") level; ``None`` for metrics without one.
-
-    * ``es``, ``em``, ``prob``, ``rouge_l``: the value itself (0 = none of the answer);
-    * ``ppl``: ``1 / ppl`` and ``mia_loss`` (mean NLL): ``exp(-NLL)``, both the geometric
-      mean probability of the answer tokens; ``mia_min_k``: ``exp(value)``, the same over
-      the least likely 40% of the tokens;
-    * ``truth_ratio``: ``1 - R`` (``R = 1``: no preference between true and false answers).
-
-    ``mia_zlib`` and ``mia_min_k_pp`` have no chance level; they are judged only against a
-    reference model's score (:func:`knowledge_kept`).
-    """
-    v = np.asarray(value, dtype=np.float64)
-    name = m.name
-    if name in ("ppl",):
-        return 1.0 / v
-    if name in ("mia_loss",):
-        return np.exp(-v)
-    if name in ("mia_min_k",):
-        return np.exp(v)
-    if name in ("truth_ratio",):
-        return 1.0 - v
-    if m.higher_is_more_knowledge and math.isfinite(m.lower_bound) and math.isfinite(m.upper_bound):
-        return v - m.lower_bound  # es, em, prob, rouge_l and bounded metrics registered elsewhere
-    return None  # no chance level known: compare with a reference, or not at all
-
-
-def knowledge_kept(clean, attacked, metric: "str | Metric", reference=None) -> float | None:
-    """The share of the original's knowledge that survives an attack, on one scale for
-    every metric: ``(K(attacked) - K0) / (K(clean) - K0)``.
-
-    ``K`` maps a score onto the knowledge scale of :func:`_as_knowledge` (higher = more,
-    0 = chance), so ES 1.0 -> 0.4 keeps 0.4 and perplexity 1.01 -> 1.03 (token probability
-    0.990 -> 0.971) keeps 0.98.  ``K0``, the "no knowledge" level, is the chance level, or,
-    when ``reference`` (the never-knew reference model's score with no attack) is given, the
-    reference's knowledge: then the share is of the original's *distance to the reference*.
-    Arrays (per-sample scores) are mapped per sample, then averaged.  ``None`` when there
-    is nothing to measure: a metric with no chance level and no reference, a non-finite
-    score, or an original that shows no more knowledge than the no-knowledge level.
-    """
-    m = get_metric(metric)
-    scale = (lambda v: _as_knowledge(v, m)) if _as_knowledge(0.5, m) is not None else None
-    if scale is None and reference is not None:  # no chance level: the raw score, oriented
-        sign = 1.0 if m.higher_is_more_knowledge else -1.0
-        scale = lambda v: sign * np.asarray(v, dtype=np.float64)  # noqa: E731
-    if scale is None:
-        return None
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        kc, ka = float(np.mean(scale(clean))), float(np.mean(scale(attacked)))
-        k0 = float(np.mean(scale(reference))) if reference is not None else 0.0
-    if not all(math.isfinite(x) for x in (kc, ka, k0)) or kc <= k0:
-        return None
-    return (ka - k0) / (kc - k0)
-
-
-def judged_by_control(attack) -> bool:
-    """Whether an attack can be uninformative: attacks that change what the model computes
-    (``weight`` and ``representation`` kinds) can break it; a prompt attack cannot, so
-    the original failing under one makes it a weak attack, not a broken model."""
-    return getattr(attack, "kind", "") != "prompt"
-
-
-def attack_is_uninformative(clean_original, attacked_original, metric: "str | Metric",
-                            tolerance: float = 0.5, *, reference=None, attack=None) -> bool:
-    """True when an attack destroys the *original* model's knowledge: the original keeps
-    less than ``tolerance`` of it (:func:`knowledge_kept`, measured from the reference's
-    score when one is given, else from the metric's chance level).  With ``attack``, only
-    attacks :func:`judged_by_control` can be uninformative.  This one rule serves the
-    assertions and the metric audit.  The paper: such a weight attack must be reported as
-    uninformative, not as "still forgotten".
-    """
-    if attack is not None and not judged_by_control(attack):
-        return False
-    if not 0 < tolerance <= 1:
-        return False
-    kept = knowledge_kept(clean_original, attacked_original, metric, reference)
-    return kept is not None and kept < tolerance
+# the spec parser, importable from here as before; it imports the names above, so it comes
+# last (the package imports this module first)
+from .spec import parse_attack, run_attack, split_chain  # noqa: E402

@@ -103,7 +103,7 @@ class Chain(Attack):
 
     # -- running
     def _key(self, metric, model, data, ctx) -> str:
-        from .weight_attacks import _outcome_key
+        from .session_memo import _outcome_key
 
         extra = [self.first.chain_extra(data, ctx),
                  ctx.forget.content_hash if ctx.forget is not None else None,
@@ -137,7 +137,7 @@ class Chain(Attack):
             forwards += int(out.cost.get("forward_batches", 0))
             excluded += int(out.excluded or 0)
             notes += [x for x in out.notes if x not in notes]
-        from .weight_attacks import Relearn
+        from .relearn import Relearn
 
         if isinstance(self.first, Relearn):
             steps += self.first.steps * variants
@@ -198,7 +198,7 @@ def _parts_from_json(text: str):
 
 
 def _cached(ctx, key: str, n: int) -> AttackOutcome | None:
-    from .weight_attacks import _cached as cached_weights
+    from .session_memo import _cached as cached_weights
 
     hit = cached_weights(ctx, key)
     if hit is None:
@@ -213,7 +213,7 @@ def _cached(ctx, key: str, n: int) -> AttackOutcome | None:
 def _store(ctx, key: str, outcome: AttackOutcome) -> None:
     if ctx.cache is None or not ctx.cache.enabled:
         return
-    from .weight_attacks import _store as store_weights
+    from .session_memo import _store as store_weights
 
     if outcome.parts is None:
         store_weights(ctx, key, outcome)

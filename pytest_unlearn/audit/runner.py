@@ -44,7 +44,7 @@ def split_attack_list(text: str | Sequence[str] | None) -> list[str]:
     if not isinstance(text, str):
         return [str(t) for t in text]
     from ..attacks import ATTACKS
-    from ..attacks.base import _split_top
+    from ..attacks.spec import _split_top
 
     try:
         pieces = _split_top(text, ",")

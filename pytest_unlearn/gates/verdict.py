@@ -128,7 +128,7 @@ def uninformative_conditions(attacks: Mapping[str, Any], original: Mapping[str, 
     """The attacks that also wipe out the original's knowledge: the one rule of
     :func:`~pytest_unlearn.attacks.attack_is_uninformative` (only attacks judged by the
     control, i.e. not prompt attacks; the same rule as :func:`~pytest_unlearn.audit.audit_metrics`)."""
-    from ..attacks.base import attack_is_uninformative
+    from ..attacks.controls import attack_is_uninformative
 
     return [label for label, a in attacks.items()
             if attack_is_uninformative(original["none"], original[label], m, reference=reference_none, attack=a)]

@@ -5,7 +5,8 @@
   wrappers, in-context shots) and the hypothesis strategies that build them
   (:func:`transformations`, :func:`edits`).
 * :mod:`.search`: :func:`find_leak` runs hypothesis per sample over batches of candidate
-  transformations, scores each batch in one forward pass and shrinks a leak to its simplest form.
+  transformations, scores each batch in one forward pass and shrinks a leak to its simplest form
+  (the search on one sample: :mod:`.sample_search`; what was found: :mod:`.result`).
 * :mod:`.assertion`: :func:`assert_no_leak_found`, the release gate.
 
 Needs ``hypothesis`` (``pip install hypothesis``).  See ``docs/leak-search.md``.
