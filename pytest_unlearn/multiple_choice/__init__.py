@@ -55,7 +55,7 @@ from __future__ import annotations
 # the old module's names, public and private, stay importable from pytest_unlearn.multiple_choice
 from .chance import chance_level, chance_note, resolve_threshold
 from .definitions import (MCMetric, letter_accuracy, letter_probability, normalised_text_accuracy,
-                          scorable, score_multiple_choice)
+                          picked_choices, scorable, score_multiple_choice)
 from .passes import (_digest, _letter_continuations, _letter_logprobs, _summed_loglikelihoods,
                      choice_loglikelihoods, letter_scores, letter_token_ids)
 from .prompt_text import (LETTER_HEAD, TEXT_HEAD, _head, _letter_shots, _mc_format, _scorer_for, _with_fewshot,
@@ -67,4 +67,4 @@ __all__ = ["LETTERS", "MCMetric", "chance_level", "chance_note", "is_multiple_ch
            "is_multiple_choice_columns", "mc_row", "letter_prompt", "text_prompt", "resolve_threshold",
            "letter_block", "fewshot_shots", "letter_token_ids", "letter_scores", "choice_loglikelihoods",
            "letter_accuracy", "letter_probability", "normalised_text_accuracy", "score_multiple_choice",
-           "scorable"]
+           "picked_choices", "scorable"]

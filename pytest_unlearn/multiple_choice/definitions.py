@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..scoring import Scorer
 
 __all__ = ["MCMetric", "letter_accuracy", "letter_probability", "normalised_text_accuracy", "score_multiple_choice",
-           "scorable"]
+           "picked_choices", "scorable"]
 
 
 def letter_accuracy(letter_logprobs: Sequence[float], answer: int) -> float:
@@ -62,6 +62,21 @@ def score_multiple_choice(scorer: "Scorer", m: Metric, handle: "ModelHandle", da
     lps, answers = letter_scores(scorer, handle, dataset, parts, names, logits_fn=logits_fn,
                                  variant=variant, metric=m)
     return np.array([m.fn(lp, a) for lp, a in zip(lps, answers)])
+
+
+def picked_choices(scorer: "Scorer", m: Metric, handle: "ModelHandle", dataset: "Dataset",
+                   parts: Sequence["PromptParts"], names: Sequence[str], *, logits_fn: Callable | None = None,
+                   variant: str = "") -> list[int]:
+    """Per row, the index of the choice that ``m`` counts as the model's answer: the most likely
+    letter (``mc_acc``, ``mc_prob``) or the choice text most likely per character (``mc_acc_text``),
+    read from the same passes (and cache entries) the metric is scored from."""
+    if m.name == "mc_acc_text":
+        lls, choices, _ = choice_loglikelihoods(scorer, handle, dataset, parts, names, logits_fn=logits_fn,
+                                                variant=variant, metric=m)
+        return [int(np.argmax(np.asarray(ll, dtype=np.float64) / np.array([float(len(c)) for c in ch])))
+                for ll, ch in zip(lls, choices)]
+    lps, _ = letter_scores(scorer, handle, dataset, parts, names, logits_fn=logits_fn, variant=variant, metric=m)
+    return [int(np.argmax(np.asarray(lp, dtype=np.float64))) for lp in lps]
 
 
 def _register(name: str, fn, description: str) -> None:
