@@ -56,7 +56,7 @@ def test_gates_import_light():
 
 
 #: Modules still over the limit, to be split along their seams; the list only shrinks.
-NOT_YET_SPLIT = {"multiple_choice.py"}
+NOT_YET_SPLIT: set[str] = set()
 
 
 def test_no_module_grows_past_400_lines():

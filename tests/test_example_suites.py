@@ -159,7 +159,8 @@ def test_smollm2_suite_gives_the_expected_verdicts(tmp_path):
 @pytest.mark.slow
 def test_smollm2_multiple_choice_gate_gives_the_expected_verdicts(tmp_path):
     """The SmolLM2 suite's multiple-choice gate (``example_suites/smollm2/multiple_choice``, not
-    part of the demo's run) on the same models: the verdicts its README describes."""
+    part of the demo's run) on the same models and its own ``rmu`` candidate (built when that
+    suite starts): the verdicts its README describes."""
     source = SUITES / "smollm2"
     proc = _run(["build_models.py"], source, 3600)
     assert proc.returncode == 0, _show(proc)
@@ -174,3 +175,15 @@ def test_smollm2_multiple_choice_gate_gives_the_expected_verdicts(tmp_path):
     retrain = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised[retrain]"]
     assert gd["verdict"] == "fail" and retrain["verdict"] == "pass"
     assert by_test["test_multiple_choice_gate.py::test_retain_set_still_known[gd]"]["verdict"] == "pass"
+    # rmu (built for this suite only): at chance as asked, brought back by relearning
+    naive = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised[rmu]"]
+    attacked = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised_under_attack[rmu]"]
+    assert naive["verdict"] == "pass" and naive["score"] <= naive["threshold"]
+    assert attacked["verdict"] == "fail"
+    leaks = [row["attack"] for row in attacked["attacks"] if row["verdict"] == "leak"]
+    assert leaks and all(a.startswith("relearn") for a in leaks), attacked["attacks"]
+    assert by_test["test_multiple_choice_gate.py::test_retain_set_still_known[rmu]"]["verdict"] == "pass"
+    # the failure message shows the choice picked under relearning, not a generation
+    shown = [s for s in attacked["worst_samples"] if s["attack"].startswith("relearn")]
+    assert shown and all(s["picked"] == s["correct"] and s["generated_under"] == s["attack"] for s in shown)
+    assert "picked under relearn" in attacked["message"]

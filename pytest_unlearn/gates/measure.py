@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from ..models import ModelHandle
     from ..suite import Suite
 
-__all__ = ["Measurement", "controls_of", "measure_forgetting", "measure_retained", "generate", "generate_under"]
+__all__ = ["Measurement", "controls_of", "measure_forgetting", "measure_retained", "generate", "generate_under",
+           "picks", "picks_under"]
 
 
 @dataclass
@@ -142,6 +143,83 @@ def generate_under(suite: "Suite", attack, handle, dataset, positions: list[int]
         ctx.cache.put(key, {"generated": np.array([texts is not None]),
                             "text": np.array([str(t) for t in texts or []], dtype=str)})
     return None if texts is None else [str(t) for t in texts]
+
+
+def picks(suite: "Suite", m: "Metric", handle, dataset, positions: list[int]) -> list[int] | str:
+    """For a multiple-choice metric: the choice each of a few samples is counted as picking, with no
+    attack (the cached pass the metric scored from); a failure is returned as its text."""
+    from ..multiple_choice import picked_choices
+    from ..prompts import dataset_parts
+
+    if not positions:
+        return []
+    try:
+        parts = dataset_parts(dataset)
+        return picked_choices(suite.scorer, m, handle, dataset.subset(positions), [parts[i] for i in positions],
+                              [f"{dataset.source} sample {dataset.ids[i]}" for i in positions])
+    except Exception as exc:  # noqa: BLE001 - the message must still come out
+        return f"<reading the picked choice failed: {type(exc).__name__}: {exc}>"
+
+
+def picks_under(suite: "Suite", m: "Metric", attack, handle, dataset, positions: list[int],
+                outcome) -> list[int] | str | None:
+    """The choices picked *under an attack*: on the prompts a prompt attack recorded, on the weights a
+    weight attack hands over (quantize, relearn, ablate and chains of them; a chain that ends in a
+    prompt attack asks its recorded prompts on the first steps' weights).  ``None`` where the attack
+    neither records prompts nor hands over weights (``logit_lens``); a failure is returned as text."""
+    from ..multiple_choice import picked_choices
+    from ..prompts import dataset_parts
+
+    parts = outcome.parts if outcome is not None and getattr(outcome, "parts", None) is not None else None
+    weights = _weight_steps(attack, prompts_recorded=parts is not None)
+    if weights is False or (weights is None and parts is None):
+        return None
+    ctx = suite.attack_context()
+    key = _attacked_generation_key(attack, handle, dataset, positions, ctx) if weights is not None else None
+    if key is not None:
+        key = f"picks:{m.name}:{key}"
+        hit = ctx.cache.get(key) if ctx.cache is not None else None
+        if hit is not None:
+            return [int(v) for v in hit["picked"]]
+    base = parts if parts is not None else dataset_parts(dataset)
+
+    def read(h, rows: list[int]) -> list[int]:
+        return picked_choices(ctx.scorer, m, h, dataset.subset(rows), [base[i] for i in rows],
+                              [f"{dataset.source} sample {dataset.ids[i]}" for i in rows])
+
+    try:
+        if weights is None:
+            return read(handle, list(positions))
+        out: dict[int, int] = {}
+        for _, rows, attacked in weights.attacked(handle, dataset, ctx, set(positions)):
+            held = {int(i) for i in rows}
+            mine = [i for i in positions if i in held and i not in out]
+            if mine:
+                out.update(zip(mine, read(attacked, mine)))
+        found = [out[i] for i in positions]
+    except Exception as exc:  # noqa: BLE001 - the message must still come out
+        return f"<reading the picked choice under {attack.spec} failed: {type(exc).__name__}: {exc}>"
+    if ctx.cache is not None:
+        import numpy as np
+
+        ctx.cache.put(key, {"picked": np.array(found, dtype=np.int64)})
+    return found
+
+
+def _weight_steps(attack, prompts_recorded: bool):
+    """The part of ``attack`` that hands over attacked weights (``None``: a prompt attack, no
+    weights; ``False``: it cannot be reproduced outside the attack, e.g. ``logit_lens``)."""
+    from ..attacks.base import Attack
+    from ..attacks.chain import Chain
+
+    if attack.kind == "prompt":
+        return None
+    steps = list(attack.steps) if isinstance(attack, Chain) else [attack]
+    if steps[-1].kind == "prompt" and prompts_recorded and len(steps) > 1:
+        steps = steps[:-1]  # the recorded prompts, asked on the weights of the steps before
+    if not all(type(s).attacked is not Attack.attacked for s in steps):
+        return False
+    return steps[0] if len(steps) == 1 else Chain(steps)
 
 
 def _attacked_generation_key(attack, handle, dataset, positions: list[int], ctx) -> str:

@@ -59,8 +59,8 @@ def _retained(suite: "Suite", record: dict, metric, min_ratio, model, data) -> R
     import pandas as pd
 
     from ..metrics import get_metric, reduce_scores
-    from .measure import generate, measure_retained
-    from .messages import MIN_SHOWN_SAMPLES, retained_message
+    from .measure import measure_retained
+    from .messages import MIN_SHOWN_SAMPLES, retained_message, retained_samples
 
     # -- check
     m = get_metric(metric)
@@ -97,10 +97,7 @@ def _retained(suite: "Suite", record: dict, metric, min_ratio, model, data) -> R
     if not passed:
         loss = (ov - mv) if m.higher_is_more_knowledge else (mv - ov)
         chosen = [int(i) for i in np.argsort(-loss, kind="stable")[:MIN_SHOWN_SAMPLES]]
-        generated = generate(suite, handle, dataset, chosen)
-        shown = [{"id": ids[i], "attack": "none", "score": float(mv[i]), "original": float(ov[i]),
-                  "prompt": str(dataset.prompts[i]), "answer": str(dataset.answers[i]), "generated": str(g)}
-                 for i, g in zip(chosen, generated)]
+        shown = retained_samples(suite, m, handle, dataset, chosen, mv, ov)
         record["worst_samples"] = shown
         result.message = retained_message(m, handle, dataset, score, orig, ratio, min_ratio, required, shown)
         record["message"] = result.message

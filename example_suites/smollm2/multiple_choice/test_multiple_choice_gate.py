@@ -5,7 +5,8 @@ answer sentence and three wrong ones (``../data/*_mc.jsonl``, MMLU's export shap
 is ``mc_acc_text`` (lm-eval's ``acc_norm``: the choice whose text is most likely after the
 question, per character): SmolLM2-135M answers with a letter at chance whatever it knows, so
 ``mc_acc`` would show nothing here; the choice texts separate a model that knows the facts from
-one that never saw them.  Each ``candidate`` test runs once per candidate (``../conftest.py``).
+one that never saw them.  Each ``candidate`` test runs once per candidate (``../conftest.py``):
+``retrain``, ``gd`` and ``rmu``, a candidate of this suite only (``../build_models.py``).
 """
 
 from pytest_unlearn import assert_forgotten, assert_retained
