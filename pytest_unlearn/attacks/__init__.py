@@ -5,8 +5,9 @@
 'quantize:bits=4,bitsandbytes=false,group_size=128,include_head=false,method=rtn'
 
 Names (``ATTACKS``): prompt attacks ``jailbreak``, ``prefill``, ``paraphrase``, ``icl``,
-``noise`` (:mod:`.prompt_attacks`) and the optimised suffix ``gcg`` (:mod:`.gcg`); weight
-attacks ``quantize``, ``relearn`` (:mod:`.weight_attacks`) and ``ablate`` (:mod:`.ablate`);
+``noise`` (:mod:`.prompt_attacks`) and the optimised suffix or prefix ``gcg`` (:mod:`.gcg`,
+its optimiser :mod:`.gcg_search`); weight attacks ``quantize``, ``relearn``
+(:mod:`.weight_attacks`) and ``ablate`` (:mod:`.ablate`);
 the representation attack ``logit_lens`` (:mod:`.logit_lens`).  ``a+b`` chains a weight
 attack and an attack on its attacked weights (:class:`~.chain.Chain`).
 Each ``run`` returns an :class:`AttackOutcome`: per-sample scores aligned with the data

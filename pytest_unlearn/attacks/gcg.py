@@ -66,7 +66,7 @@ class GCG(Attack):
     kind = "prompt"
     cost_hint = ("universal: folds x steps x (candidates + 3) x batch_size forward sequences; sample: samples x "
                  "steps x (candidates + 3); plus one scoring pass")
-    PARAMS = (Param("length", 10, as_int(1, 256), "suffix length in tokens"),
+    PARAMS = (Param("length", 10, as_int(1, 256), "tokens optimised (the suffix or prefix)"),
               Param("steps", 20, as_int(1, 1_000_000), "greedy coordinate steps per fold (per sample)"),
               Param("candidates", 8, as_int(1, 4096),
                     "single-token swaps evaluated per step, in one batched forward pass"),
