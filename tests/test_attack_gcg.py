@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_attacks import (RecordingScorer, assert_unchanged, make_ctx, state, unlearned,  # noqa: E402,F401
-                          world)
+from test_attacks import (RecordingScorer, assert_unchanged, make_ctx, state, text_data,  # noqa: E402,F401
+                          unlearned, world)
 
 from pytest_unlearn.attacks import GCG, parse_attack, run_attack  # noqa: E402
 from pytest_unlearn.attacks.gcg_search import _nll_rows, allowed_tokens, answer_tokens  # noqa: E402
@@ -386,3 +386,14 @@ def test_per_sample_after_relearn_in_a_chain(world, unlearned):
                      world["forget"], make_ctx(world))
     assert_unchanged(unlearned.model, before)
     assert all("; own suffix '" in d for d in out.details) and np.isfinite(out.values).all()
+
+
+def test_prefix_starts_the_context_of_text_rows(world, unlearned, text_data):
+    """Text rows: the prefix is the first thing in the prompt (nothing before it to embed)."""
+    base = dataset_parts(text_data)
+    for spec in (FAST + ",position=prefix", SAMPLE + ",position=prefix"):
+        out = run_attack(spec.replace("steps=10", "steps=2"), "mia_loss", unlearned, text_data, make_ctx(world))
+        for i, part in enumerate(out.parts):
+            prefix = eval(out.details[i].split("prefix ", 1)[1].split(": answer NLL")[0])  # noqa: S307
+            assert part.question == prefix + " " + base[i].question and part.answer == base[i].answer
+        assert np.isfinite(out.values).all()

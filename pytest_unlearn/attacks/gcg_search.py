@@ -196,8 +196,8 @@ def gradient(model, layouts_: Sequence[_Layout], tokens: Sequence[Sequence[int]]
             inserted = inserted * scale
         seqs, widths = [], []
         for r, lay in enumerate(layouts_):
-            before = module(torch.tensor(lay.pre, device=emb.device))
-            after = module(torch.tensor(lay.post + lay.answer, device=emb.device))
+            before = module(torch.tensor(lay.pre, dtype=torch.long, device=emb.device))  # empty: a prefix first
+            after = module(torch.tensor(lay.post + lay.answer, dtype=torch.long, device=emb.device))
             seqs.append(torch.cat([before, inserted if shared else inserted[r], after]))
             widths.append(seqs[-1].shape[0])
         width = max(widths)
