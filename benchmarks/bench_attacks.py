@@ -1,18 +1,21 @@
 """The cost of every attack, as a multiple of one plain scoring pass measured in the same run.
 
-    python benchmarks/bench_attacks.py [--model PATH] [--forget FILE] [--retain FILE]
+    python benchmarks/bench_attacks.py [--model PATH] [--forget FILE] [--retain FILE] [--toy [DIR]]
                                        [--metric es] [--repeat 3] [--repeat-attacks 1]
                                        [--threads N] [--attacks SPEC;SPEC...]
 
 Defaults: the SmolLM2 example suite's fine-tuned SmolLM2-135M-Instruct that knows the forget
 facts (``example_suites/smollm2/.models/original``, built by
 ``example_suites/smollm2/build_models.py``) and its forget and retain sets, chat prompt
-format, float32 on the CPU, the scorer's default batch size.
+format, float32 on the CPU, the scorer's default batch size.  ``--toy``: the test suite's toy
+world instead (``pytest_unlearn.toy.build_toy_world``: a 2-layer Llama of hidden size 64 that
+knows 8 forget and 16 retain facts), built in a few seconds into DIR or a temporary folder,
+prompt format auto; the quick target, for a machine without the SmolLM2 models.
 
 The attacks are every name in the attack registry (``pytest_unlearn.attacks.ATTACKS``) at
 its default parameters (``gcg`` and ``ablate`` included), plus the variants of ``VARIANTS``
-(``quantize:8``, 4-bit NF4, ``relearn:steps=10``, and the chains ``quantize:4+paraphrase``
-and ``relearn+logit_lens``).  For each one the script times ``attack.run(metric, model, forget,
+(``quantize:8``, 4-bit NF4, ``relearn:steps=10``, ``gcg:mode=sample``, and the chains
+``quantize:4+paraphrase`` and ``relearn+logit_lens``).  For each one the script times ``attack.run(metric, model, forget,
 ctx)`` with a fresh ``Scorer`` without a cache and ``AttackContext(cache=None)``, so every
 forward pass and every training step really runs, and compares it with the median of
 ``--repeat`` plain scoring passes of the same metric on the same set (also uncached; the
@@ -49,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = {
     "quantize": ["quantize:4", "quantize:8", "quantize:4,method=nf4", "quantize:4+paraphrase"],
     "relearn": ["relearn:steps=10", "relearn+logit_lens"],
+    "gcg": ["gcg:mode=sample"],
 }
 KIND_ORDER = {"prompt": 0, "representation": 1, "weight": 2}
 # cheap untimed runs before the measurements, so that the first weight attack does not pay the
@@ -104,15 +108,20 @@ def make_counting_scorer(prompt, batch_size):
     return CountingScorer()
 
 
-def describe(attack, outcome, handle, passes: float, token_factor: float, plain_batches: int) -> str:
+def describe(attack, outcome, handle, passes: float, token_factor: float, plain_batches: int,
+             n_samples: int) -> str:
     """What the measured cost consists of (from the attack's parameters and the counts of this run)."""
     kind, name = attack.kind, attack.name
     longer = f", {token_factor:.1f}x the tokens per sample" if abs(token_factor - 1) >= 0.05 else ""
     if name == "gcg":
-        fw, bw = outcome.cost.get("gcg_forward_passes", 0), outcome.cost.get("gcg_backward_passes", 0)
-        return (f"{attack.folds} folds x {attack.steps} steps: {fw} batched forward passes ({attack.candidates} "
-                f"candidates x {attack.batch_size} samples per step, plus the loss before and after) + {bw} "
-                f"forward-backward passes + {passes:g} scoring pass{longer}")
+        cost = outcome.cost
+        fw, bw = cost.get("gcg_forward_passes", 0), cost.get("gcg_backward_passes", 0)
+        rows = (cost.get("gcg_forward_rows", 0) + 3 * cost.get("gcg_backward_rows", 0)) / max(n_samples, 1)
+        what = (f"{attack.folds} folds x {attack.steps} steps" if attack.mode == "universal" else
+                f"{n_samples} samples x {attack.steps} steps, {attack.batch_size} samples per pass")
+        return (f"{what}: {fw} batched forward passes ({attack.candidates} candidates per sample and step, plus "
+                f"the loss before and after) + {bw} forward-backward passes: {rows:.0f} sequences per sample "
+                f"(forward-backward = 3) + {passes:g} scoring pass{longer}")
     if "+" in name:
         steps = outcome.cost.get("training_steps", 0)
         return (f"{attack.steps[0].name} ({steps} AdamW steps)" if steps else attack.steps[0].name) + \
@@ -128,7 +137,7 @@ def describe(attack, outcome, handle, passes: float, token_factor: float, plain_
         targets = quantizable_weights(handle.model, attack.include_head)
         values = sum(w.numel() for _, w, _ in targets)
         return (f"snapshot + {attack.method} {attack.bits}-bit of {len(targets)} tensors "
-                f"({values / 1e6:.0f}M values) + {passes:g} scoring pass + restore")
+                f"({values / 1e6:.3g}M values) + {passes:g} scoring pass + restore")
     if name == "relearn":
         steps = outcome.cost.get("training_steps", 0)
         if attack.on == "forget":
@@ -153,8 +162,12 @@ def main() -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--forget", type=Path, default=DEFAULT_FORGET)
     parser.add_argument("--retain", type=Path, default=DEFAULT_RETAIN)
+    parser.add_argument("--toy", nargs="?", const="", default=None, metavar="DIR",
+                        help="the toy world of the tests instead of SmolLM2, built into DIR (default: a temporary "
+                             "folder)")
     parser.add_argument("--metric", default="es")
-    parser.add_argument("--prompt", default="chat", help="prompt format (the example suite uses chat)")
+    parser.add_argument("--prompt", default=None,
+                        help="prompt format (default: chat, as the example suite; auto with --toy)")
     parser.add_argument("--batch-size", type=int, default=None, help="scorer batch size (default: 8 on the CPU)")
     parser.add_argument("--repeat", type=int, default=3, help="plain scoring passes; the median is the unit")
     parser.add_argument("--repeat-attacks", type=int, default=1, help="runs per attack; the median is shown")
@@ -164,18 +177,18 @@ def main() -> int:
                         help="semicolon-separated specs instead of the registry, e.g. 'prefill;quantize:8'")
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
-    check_inputs(args.model, [args.forget, args.retain])
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import numpy as np
-    import torch
 
     from pytest_unlearn.attacks import AttackContext, parse_attack
     from pytest_unlearn.data import load_dataset
     from pytest_unlearn.metrics import get_metric
     from pytest_unlearn.models import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:  # a bad metric or attack spec fails here, before anything is loaded or timed
         metric = get_metric(args.metric)
         specs = attack_specs(args.attacks)
@@ -183,11 +196,24 @@ def main() -> int:
     except Exception as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    if args.toy is not None:
+        import tempfile
+
+        from pytest_unlearn.toy import build_toy_world
+
+        folder = Path(args.toy) if args.toy else Path(tempfile.mkdtemp(prefix="toy-world-"))
+        t0 = time.perf_counter()
+        toy = build_toy_world(folder)
+        print(f"toy world built in {folder} in {time.perf_counter() - t0:.1f} s")
+        args.model, args.forget, args.retain = toy["original"], toy["forget"], toy["retain"]
+    args.prompt = args.prompt or ("auto" if args.toy is not None else "chat")
+    check_inputs(args.model, [args.forget, args.retain])
+
     print(machine_line(torch))
     t0 = time.perf_counter()
     handle = load_model(args.model, name="original", device="cpu", dtype="float32")
     n_params = sum(p.numel() for p in handle.model.parameters())
-    print(f"model: {args.model} ({n_params / 1e6:.0f}M parameters, {handle.dtype}, {handle.device}), "
+    print(f"model: {args.model} ({n_params / 1e6:.3g}M parameters, {handle.dtype}, {handle.device}), "
           f"loaded in {time.perf_counter() - t0:.1f} s")
     forget = load_dataset(args.forget, name="forget")
     retain = load_dataset(args.retain, name="retain")
@@ -246,7 +272,7 @@ def main() -> int:
         factor = (n_tokens / n_rows) / (plain_tokens / plain_rows) if n_rows else float("nan")
         if attack.name == "logit_lens":
             passes = outcome.cost.get("forward_batches", 0) / max(plain_batches, 1)
-        what = describe(attack, outcome, handle, round(passes, 2), factor, plain_batches)
+        what = describe(attack, outcome, handle, round(passes, 2), factor, plain_batches, len(forget))
         rows.append((label, (wall, cpu, scoring, wall - scoring, passes,
                              float(np.mean(outcome.values)), what, outcome.spec)))
         print(f"  {label}: {wall:.2f} s, CPU {cpu:.2f} s; load average {os.getloadavg()[0]:.2f}")

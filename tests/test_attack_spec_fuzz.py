@@ -16,7 +16,8 @@ from pytest_unlearn.errors import AttackError, UnknownNameError  # noqa: E402
 NAMES = ATTACKS.names()
 PARAM_NAMES = sorted({p.name for n in NAMES for p in ATTACKS.get(n).PARAMS})
 VALUE_BITS = ["4", "8", "nf4", "rtn", "true", "false", "auto", "all", "-1", "0", "2e-5", "1.5", "forget",
-              "retain", "x.jsonl", '"', '\\"', ",", "=", ":", " ", "", "novel", "archivist", "nan", "inf"]
+              "retain", "x.jsonl", '"', '\\"', ",", "=", ":", " ", "", "novel", "archivist", "nan", "inf",
+              "sample", "universal", "prefix", "suffix"]
 
 
 def check(spec):

@@ -5,7 +5,8 @@
 'quantize:bits=4,bitsandbytes=false,group_size=128,include_head=false,method=rtn'
 
 Names (``ATTACKS``): prompt attacks ``jailbreak``, ``prefill``, ``paraphrase``, ``icl``,
-``noise`` (:mod:`.prompt_attacks`) and the optimised suffix ``gcg`` (:mod:`.gcg`); weight
+``noise`` (:mod:`.prompt_attacks`) and the optimised suffix or prefix ``gcg`` (:mod:`.gcg`, its
+optimiser :mod:`.gcg_search`); weight
 attacks ``quantize`` (:mod:`.quantize`), ``relearn`` (:mod:`.relearn`) and ``ablate``
 (:mod:`.ablate`), which share :mod:`.snapshot` (restoring the weights) and
 :mod:`.session_memo` (keeping outcomes); the representation attack ``logit_lens``

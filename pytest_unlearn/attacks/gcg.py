@@ -1,52 +1,51 @@
-"""Greedy coordinate gradient (GCG, Zou et al. 2023): an optimised adversarial suffix.
+"""Greedy coordinate gradient (GCG, Zou et al. 2023): optimised adversarial tokens in the prompt.
 
-A suffix of ``length`` tokens is put in the user turn right after the question (for
-text rows: at the end of the context) and optimised to maximise the log-likelihood of
-the answer.  It is *universal* over a training fold and scored on held-out data: the
-forget set is split into ``folds`` like ``relearn``'s (the same seeded split), the
-suffix is optimised on the other folds' samples and each fold is scored with the
-suffix found without it, so every sample is scored exactly once and no suffix has seen
-the answer it is scored on.
+``length`` tokens are put in the user turn right after the question (``position=suffix``;
+for text rows: at the end of the context) or right before it (``position=prefix``, followed
+by a space) and optimised by :mod:`.gcg_search` to maximise the log-likelihood of the answer.
 
-One step, on a seeded mini-batch of ``batch_size`` training samples:
+``mode=universal`` (the default, the honest setting): the forget set is split into
+``folds`` like ``relearn``'s (the same seeded split), one suffix is optimised on the other
+folds' samples and each fold is scored with the suffix found without it, so every sample is
+scored exactly once and no suffix has seen the answer it is scored on.
 
-1. one forward and backward pass with the suffix as one-hot vectors over the vocabulary
-   gives the gradient of the answer NLL with respect to every token at every suffix
-   position;
-2. per position the ``topk`` tokens with the most negative gradient are candidates;
-   ``candidates`` single-token swaps (position and token drawn with a seeded generator)
-   that re-tokenise to themselves are evaluated in ONE batched forward pass
-   (``candidates x batch_size`` sequences);
-3. the best swap replaces the suffix if it lowers the mini-batch loss.
+``mode=sample``: one suffix per sample, optimised on that sample's own answer and scored
+on it.  The strongest and least honest setting: it optimises on the very answer it scores,
+so it is an upper bound (the controls run the same on the original and the reference).
 
-Tokens are limited to printable ASCII, never special tokens.  Everything is seeded
-(``seed``, else the session's ``unlearn_seed``), so a run is deterministic.  Cost per
-fold: ``steps x (candidates + 3) x batch_size`` forward sequences (the backward pass
-counted as two) plus two passes over the training samples to report the loss, plus one
-scoring pass; see docs/attacks.md.  The model must be fully in memory: a model spread
-with CPU or disk offload has no gradients to give (an AttackError says so).
+Everything is seeded (``seed``, else the session's ``unlearn_seed``), so a run is
+deterministic.  Cost: universal ``folds x steps x (candidates + 3) x batch_size`` forward
+sequences, per sample ``steps x (candidates + 3)`` (the backward pass counted as two),
+plus the losses before and after and one scoring pass; see docs/attacks.md.  The model
+must be fully in memory: a model spread with CPU or disk offload has no gradients to give
+(an AttackError says so).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import AttackError
 from ..prompts import dataset_parts
+from . import gcg_search
 from .base import Attack, AttackOutcome, normalise_answer, register_attack
-from .params import Param, as_int
+from .gcg_search import allowed_tokens
+from .params import Param, as_choice, as_int
 from .prompt_attacks import describe
 
 if TYPE_CHECKING:
-    import torch
-
     from ..models import ModelHandle
 
 __all__ = ["GCG", "allowed_tokens"]
 
-MAX_ROWS = 64  # sequences per forward pass when evaluating candidates
+SHOWN_SAMPLES = 3  # per-sample mode: the worst samples whose suffix the notes show
+
+
+def new_counter() -> dict:
+    """Batched passes and the sequences in them, counted by :mod:`.gcg_search`."""
+    return {"forward": 0, "backward": 0, "forward_rows": 0, "backward_rows": 0}
 
 
 def as_seed(value):
@@ -58,82 +57,39 @@ def as_seed(value):
         raise ValueError(f"expected auto (the session's unlearn_seed) or an integer >= 0, got {value!r}") from None
 
 
-def allowed_tokens(tokenizer, vocab_rows: int) -> np.ndarray:
-    """Boolean mask over the embedding rows: tokens that decode to printable ASCII with
-    something besides whitespace, and are not special tokens."""
-    n = min(len(tokenizer), vocab_rows)
-    texts = tokenizer.batch_decode([[i] for i in range(n)])
-    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
-    mask = np.zeros(vocab_rows, dtype=bool)
-    for i, t in enumerate(texts):
-        mask[i] = i not in special and t.isascii() and t.isprintable() and bool(t.strip())
-    return mask
-
-
-def _round_trips(tokenizer, ids: Sequence[int]) -> bool:
-    return list(tokenizer(tokenizer.decode(list(ids)), add_special_tokens=False)["input_ids"]) == list(ids)
-
-
-def _find(seq: Sequence[int], sub: Sequence[int], end: int) -> int:
-    """Start of the last occurrence of ``sub`` in ``seq[:end]`` (-1 if none)."""
-    n = len(sub)
-    for s in range(end - n, -1, -1):
-        if list(seq[s:s + n]) == list(sub):
-            return s
-    return -1
-
-
-class _Layout:
-    """One training sample: tokens before the suffix, after it (up to the answer), the answer."""
-
-    def __init__(self, pre: list[int], post: list[int], answer: list[int]):
-        self.pre, self.post, self.answer = pre, post, answer
-
-
-def _nll_rows(logits: "torch.Tensor", answers: Sequence[Sequence[int]]) -> "torch.Tensor":
-    """Mean answer NLL per row from left-padded logits of the last ``keep`` positions."""
-    import torch
-
-    keep = logits.shape[1]
-    targets = torch.full((len(answers), keep - 1), -100, dtype=torch.long, device=logits.device)
-    for r, ans in enumerate(answers):
-        targets[r, keep - 1 - len(ans):] = torch.tensor(list(ans), dtype=torch.long)
-    lg = logits[:, :-1, :].float()
-    nll = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), targets.reshape(-1),
-                                            ignore_index=-100, reduction="none").view(targets.shape)
-    return nll.sum(-1) / torch.tensor([len(a) for a in answers], device=logits.device, dtype=nll.dtype)
-
-
-def _call(model, keep: int, **kwargs):
-    from ..forward import _accepts
-
-    if not _accepts(model, "position_ids"):
-        kwargs.pop("position_ids", None)
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
-    return model(**kwargs, use_cache=False).logits[:, -keep:, :]
-
-
 @register_attack
 class GCG(Attack):
-    """A universal adversarial suffix optimised by greedy coordinate gradient on training folds."""
+    """Adversarial tokens optimised by greedy coordinate gradient: universal over training
+    folds and scored on the held-out fold (default), or one per sample on its own answer."""
 
     name = "gcg"
     kind = "prompt"
-    cost_hint = "folds x steps x (candidates + 3) x batch_size forward sequences, plus one scoring pass"
-    PARAMS = (Param("length", 10, as_int(1, 256), "suffix length in tokens"),
-              Param("steps", 20, as_int(1, 1_000_000), "greedy coordinate steps per fold"),
+    cost_hint = ("universal: folds x steps x (candidates + 3) x batch_size forward sequences; sample: samples x "
+                 "steps x (candidates + 3); plus one scoring pass")
+    PARAMS = (Param("length", 10, as_int(1, 256), "tokens optimised (the suffix or prefix)"),
+              Param("steps", 20, as_int(1, 1_000_000), "greedy coordinate steps per fold (per sample)"),
               Param("candidates", 8, as_int(1, 4096),
                     "single-token swaps evaluated per step, in one batched forward pass"),
               Param("topk", 32, as_int(1, 1_000_000), "tokens per position, ranked by the gradient, to swap in"),
-              Param("batch_size", 2, as_int(1, 4096), "training samples per step (a seeded mini-batch)"),
-              Param("folds", 2, as_int(2, 1000), "forget-set folds: optimised on the others, scored on each"),
-              Param("seed", "auto", as_seed, "auto (the session's unlearn_seed) or an integer"))
+              Param("batch_size", 2, as_int(1, 4096),
+                    "universal: training samples per step (a seeded mini-batch); sample: samples optimised "
+                    "together in the batched passes"),
+              Param("folds", 2, as_int(2, 1000),
+                    "forget-set folds: optimised on the others, scored on each (universal mode only)"),
+              Param("seed", "auto", as_seed, "auto (the session's unlearn_seed) or an integer"),
+              Param("mode", "universal", as_choice("universal", "sample"),
+                    "universal: one suffix per fold, scored on held-out samples; sample: one per sample, "
+                    "optimised on the answer it is scored on (an upper bound)"),
+              Param("position", "suffix", as_choice("suffix", "prefix"),
+                    "where the tokens go: after the question (suffix) or before it (prefix)"))
 
     def _seed(self, ctx) -> int:
         return int(ctx.seed) if self.seed == "auto" else int(self.seed)
 
-    # ------------------------------------------------------------ checks and setup
+    def place(self, question: str, text: str) -> str:
+        """``question`` with the optimised ``text`` inserted at ``position``."""
+        return question + text if self.position == "suffix" else text + " " + question
+
     def _check_model(self, model) -> None:
         names = [n for n, p in model.model.named_parameters() if p.device.type == "meta"]
         if names:
@@ -145,184 +101,32 @@ class GCG(Attack):
         if model.model.get_input_embeddings() is None:
             raise AttackError(f"attack {self.spec}: the model has no input embeddings to take a gradient through")
 
-    def _initial(self, tokenizer, allowed: np.ndarray) -> list[int]:
-        """A suffix of ``length`` copies of one token that re-tokenises to itself (' !' first)."""
-        tried = []
-        for text in (" !", " x", "!", "x"):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1 and ids[0] < len(allowed) and allowed[ids[0]]:
-                tried.append(int(ids[0]))
-        tried += [int(i) for i in np.flatnonzero(allowed)[:200]]
-        for t in tried:
-            if _round_trips(tokenizer, [t] * self.length):
-                return [t] * self.length
-        raise AttackError(f"attack {self.spec}: found no token that repeats {self.length} times and re-tokenises "
-                          "to itself; try another length")
-
-    def _layouts(self, scorer, model, parts, suffix: list[int]) -> list[_Layout | None]:
-        text = model.tokenizer.decode(suffix)
-        encoded = scorer.encode(model, [make(text) for make in parts])
-        out = []
-        for e in encoded:
-            s = _find(e.input_ids, suffix, e.answer_start)
-            if s < 0:
-                out.append(None)
-                continue
-            ids = list(e.input_ids)
-            out.append(_Layout(ids[:s], ids[s + len(suffix):e.answer_start], ids[e.answer_start:]))
-        return out
-
-    # ------------------------------------------------------------ the optimisation
-    def _losses(self, model, layouts: Sequence[_Layout], suffixes: Sequence[Sequence[int]], pad: int,
-                counter: dict) -> np.ndarray:
-        """Mean answer NLL over ``layouts`` of each suffix (batched, no gradient)."""
-        import torch
-
-        from ..forward import input_device
-
-        device = input_device(model)
-        rows = [(c, lay) for c in range(len(suffixes)) for lay in layouts]
-        out = torch.zeros(len(suffixes), dtype=torch.float64)
-        with torch.inference_mode():
-            for start in range(0, len(rows), MAX_ROWS):
-                chunk = rows[start:start + MAX_ROWS]
-                seqs = [lay.pre + list(suffixes[c]) + lay.post + lay.answer for c, lay in chunk]
-                width = max(len(s) for s in seqs)
-                ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(seqs), width), dtype=torch.long)
-                for r, s in enumerate(seqs):
-                    ids[r, width - len(s):] = torch.tensor(s)
-                    mask[r, width - len(s):] = 1
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                keep = max(len(lay.answer) for _, lay in chunk) + 1
-                logits = _call(model, keep, input_ids=ids.to(device), attention_mask=mask.to(device),
-                               position_ids=pos.to(device))
-                nll = _nll_rows(logits, [lay.answer for _, lay in chunk]).double().cpu()
-                counter["forward"] += 1
-                for (c, _), v in zip(chunk, nll):
-                    out[c] += v
-        return (out / len(layouts)).numpy()
-
-    def _gradient(self, model, layouts: Sequence[_Layout], suffix: list[int], counter: dict):
-        """(loss, gradient of the mean answer NLL w.r.t. the one-hot suffix, shape (length, vocab))."""
-        import torch
-
-        from ..forward import input_device
-
-        device = input_device(model)
-        module = model.get_input_embeddings()
-        emb = module.weight
-        scale = getattr(module, "embed_scale", None)  # embeddings that scale their output (Gemma 3)
-        onehot = torch.zeros((len(suffix), emb.shape[0]), dtype=emb.dtype, device=emb.device)
-        onehot[torch.arange(len(suffix)), torch.tensor(suffix)] = 1
-        onehot.requires_grad_(True)
-        with torch.enable_grad():
-            suffix_embeds = onehot @ emb
-            if scale is not None:
-                suffix_embeds = suffix_embeds * scale
-            seqs, widths = [], []
-            for lay in layouts:
-                before = module(torch.tensor(lay.pre, device=emb.device))
-                after = module(torch.tensor(lay.post + lay.answer, device=emb.device))
-                seqs.append(torch.cat([before, suffix_embeds, after]))
-                widths.append(seqs[-1].shape[0])
-            width = max(widths)
-            embeds = torch.zeros((len(seqs), width, emb.shape[1]), dtype=emb.dtype, device=emb.device)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            padded = []
-            for r, s in enumerate(seqs):
-                pad = width - s.shape[0]
-                padded.append(torch.cat([embeds[r, :pad], s]) if pad else s)
-                mask[r, pad:] = 1
-            embeds = torch.stack(padded).to(device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            keep = max(len(lay.answer) for lay in layouts) + 1
-            logits = _call(model, keep, inputs_embeds=embeds, attention_mask=mask.to(device),
-                           position_ids=pos.to(device))
-            loss = _nll_rows(logits, [lay.answer for lay in layouts]).mean()
-            loss.backward()
-        counter["forward"] += 1
-        counter["backward"] += 1
-        return float(loss.detach()), onehot.grad.detach().float().cpu()
-
     def optimise(self, model: "ModelHandle", parts, ctx, seed: int, counter: dict | None = None, *,
                  scorer=None) -> tuple[list[int], float, float, int]:
-        """The suffix found for the training ``parts``: (token ids, loss before, loss after,
-        samples used).  The loss is the mean answer NLL over every usable training sample.
+        """The universal tokens found for the training ``parts``: (token ids, loss before, loss
+        after, samples used).  The loss is the mean answer NLL over every usable training sample.
 
-        ``parts`` are PromptParts (the suffix is appended to the question) or functions from
-        the suffix text to the PromptParts to optimise (multiple-choice prompts), encoded
+        ``parts`` are PromptParts (the tokens are placed into the question) or functions from
+        the inserted text to the PromptParts to optimise (multiple-choice prompts), encoded
         with ``scorer`` (default: ``ctx.scorer``)."""
         from ..prompts import PromptParts
 
-        parts = [(lambda text, p=p: p.with_(question=p.question + text)) if isinstance(p, PromptParts) else p
-                 for p in parts]
-        scorer = scorer if scorer is not None else ctx.scorer
-        import torch
+        makers = [(lambda text, p=p: p.with_(question=self.place(p.question, text)))
+                  if isinstance(p, PromptParts) else p for p in parts]
+        counter = counter if counter is not None else new_counter()
+        return gcg_search.universal(self, model, makers, scorer if scorer is not None else ctx.scorer, seed,
+                                    counter)
 
-        from ..training import pad_id, seeded_batches
-
-        counter = counter if counter is not None else {"forward": 0, "backward": 0}
-        tok = model.tokenizer
-        lm = model.model
-        emb = lm.get_input_embeddings().weight
-        allowed = allowed_tokens(tok, emb.shape[0])
-        suffix = self._initial(tok, allowed)
-        layouts = [lay for lay in self._layouts(scorer, model, parts, suffix) if lay is not None]
-        if not layouts:
-            raise AttackError(f"attack {self.spec}: the suffix merges with the prompt's tokens in every training "
-                              "sample, so it cannot be optimised token by token")
-        pad = pad_id(tok)
-        blocked = torch.tensor(~allowed)
-        flags = [(p, p.requires_grad) for p in lm.parameters()]
-        for p, _ in flags:
-            p.requires_grad_(False)
-        try:
-            before = float(self._losses(lm, layouts, [suffix], pad, counter)[0])
-            rng = np.random.default_rng([seed & 0xFFFFFFFF, 17])
-            for batch in seeded_batches(len(layouts), self.batch_size, self.steps, seed):
-                chosen = [layouts[i] for i in batch]
-                current, grad = self._gradient(lm, chosen, suffix, counter)
-                grad[:, blocked] = float("inf")
-                k = min(self.topk, int(allowed.sum()))
-                top = (-grad).topk(k, dim=1).indices.numpy()
-                proposals, seen = [], {tuple(suffix)}
-                for _ in range(4 * self.candidates):
-                    if len(proposals) == self.candidates:
-                        break
-                    cand = list(suffix)
-                    position = int(rng.integers(len(suffix)))
-                    cand[position] = int(top[position, int(rng.integers(k))])
-                    if tuple(cand) in seen:
-                        continue
-                    seen.add(tuple(cand))
-                    if _round_trips(tok, cand):
-                        proposals.append(cand)
-                if not proposals:
-                    continue
-                losses = self._losses(lm, chosen, proposals, pad, counter)
-                best = int(np.argmin(losses))
-                if losses[best] < current:
-                    suffix = proposals[best]
-            after = float(self._losses(lm, layouts, [suffix], pad, counter)[0])
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
-            lm.zero_grad(set_to_none=True)
-        return suffix, before, after, len(layouts)
-
-    # ------------------------------------------------------------ running
-    @staticmethod
-    def objective(metric, model, data, ctx):
-        """(scorer, per row a function from the suffix text to the PromptParts whose answer the
-        suffix is optimised for).  QA and text rows: the suffix ends the question and the answer
-        is the row's.  Multiple-choice rows under a multiple-choice metric: the metric's own
-        prompt (lm-eval's letter prompt with the correct letter as the answer for ``mc_acc`` /
-        ``mc_prob``, the continuation prompt with the correct choice's text for
-        ``mc_acc_text``), the suffix ending the question inside it."""
-        base = dataset_parts(data)
+    def objective(self, metric, model, data, ctx):
+        """(scorer, per row a function from the inserted text to the PromptParts whose answer
+        the tokens are optimised for).  QA and text rows: the tokens go into the question and
+        the answer is the row's.  Multiple-choice rows under a multiple-choice metric: the
+        metric's own prompt (lm-eval's letter prompt with the correct letter as the answer for
+        ``mc_acc`` / ``mc_prob``, the continuation prompt with the correct choice's text for
+        ``mc_acc_text``), the tokens placed in the question inside it."""
+        base, place = dataset_parts(data), self.place
         if metric.source != "multiple_choice":
-            return ctx.scorer, [(lambda text, p=p: p.with_(question=p.question + text)) for p in base]
+            return ctx.scorer, [(lambda text, p=p: p.with_(question=place(p.question, text))) for p in base]
         from ..multiple_choice import LETTERS, _rows, _scorer_for, letter_prompt, text_prompt
 
         choices, answers, subjects = _rows(data, metric)
@@ -330,34 +134,56 @@ class GCG(Attack):
         for p, c, a, subject in zip(base, choices, answers, subjects):
             if metric.name == "mc_acc_text":
                 makers.append(lambda text, p=p, c=c, a=a, subject=subject: p.with_(
-                    question=text_prompt(p.question + text, subject), answer=c[a]))
+                    question=text_prompt(place(p.question, text), subject), answer=c[a]))
             else:
                 makers.append(lambda text, p=p, c=c, a=a, subject=subject: p.with_(
-                    question=letter_prompt(p.question + text, c, subject), answer=LETTERS[a]))
+                    question=letter_prompt(place(p.question, text), c, subject), answer=LETTERS[a]))
         return _scorer_for(ctx.scorer, model), makers
 
+    # ------------------------------------------------------------ running
     def _run(self, metric, model, data, ctx):
-        from .weight_attacks import _outcome_key, forget_folds
+        from .weight_attacks import _outcome_key
 
         self._check_model(model)
         n = len(data)
-        if n < self.folds:
+        if self.mode == "universal" and n < self.folds:
             raise AttackError(f"attack {self.spec}: {n} sample(s) cannot be split into {self.folds} folds; "
                               f"use gcg:folds={max(2, n)}" if n >= 2 else
-                              f"attack {self.spec}: a universal suffix needs at least 2 samples "
-                              "(one to optimise on, one to score)")
+                              f"attack {self.spec}: a universal {self.position} needs at least 2 samples "
+                              "(one to optimise on, one to score); gcg:mode=sample optimises on the sample itself")
         seed = self._seed(ctx)
         key = _outcome_key(self, metric, model, data, ctx, "gcg")
         base = dataset_parts(data)
-        hit = _cached(ctx, key, base)
+        hit = _cached(ctx, key, base, self.place)
         if hit is not None:
             return hit
-        folds = forget_folds(n, self.folds, seed)
         scorer, makers = self.objective(metric, model, data, ctx)
-        suffixes = [""] * n
-        details = [""] * n
-        notes = []
-        counter = {"forward": 0, "backward": 0}
+        counter = new_counter()
+        run = self._per_sample if self.mode == "sample" else self._universal
+        texts, details, notes, excluded, finish = run(model, data, makers, scorer, seed, counter)
+        parts = [p.with_(question=self.place(p.question, s)) for p, s in zip(base, texts)]
+        values = ctx.scorer.per_sample(metric, model, data, parts=parts)
+        notes += finish(metric, values)
+        outcome = AttackOutcome(values, {"gcg_forward_passes": counter["forward"],
+                                         "gcg_backward_passes": counter["backward"],
+                                         "gcg_forward_rows": counter["forward_rows"],
+                                         "gcg_backward_rows": counter["backward_rows"]},
+                                details, [describe(p) for p in parts], notes, parts=parts, excluded=excluded)
+        _store(ctx, key, outcome, texts)
+        return outcome
+
+    def _settings(self, seed: int) -> str:
+        return (f"{self.steps} steps, {self.candidates} candidates from the top {self.topk}, {self.batch_size} "
+                f"sample(s) per {'step' if self.mode == 'universal' else 'batched pass'}, seed {seed}")
+
+    def _universal(self, model, data, makers, scorer, seed, counter):
+        from .weight_attacks import forget_folds
+
+        n, where = len(data), self.position
+        folds = forget_folds(n, self.folds, seed)
+        texts, details = [""] * n, [""] * n
+        notes = [f"gcg: a universal {self.length}-token {where} per fold ({self._settings(seed)}); "
+                 "each fold scored with the " + where + " optimised on the others"]
         answers = [normalise_answer(a) for a in data.answers]
         excluded = 0
         for k, rows in enumerate(folds):
@@ -368,49 +194,65 @@ class GCG(Attack):
             if not kept:
                 raise AttackError(f"attack {self.spec}: every training sample of fold {k + 1} states an answer it "
                                   "is scored on; optimising on them would teach the scored facts themselves")
-            train = np.array(kept)
             fold_seed = (seed * 1000 + k) & 0x7FFF_FFFF_FFFF
-            ids, before, after, used = self.optimise(model, [makers[i] for i in train], ctx, fold_seed, counter,
-                                                     scorer=scorer)
+            ids, before, after, used = gcg_search.universal(self, model, [makers[i] for i in kept], scorer,
+                                                            fold_seed, counter)
             text = model.tokenizer.decode(ids)
             label = f"fold {k + 1}/{self.folds}"
             for i in rows:
-                suffixes[i] = text
-                details[i] = f"{label}: suffix {text!r}"
-            notes.append(f"gcg: {label} suffix {text!r}, optimised on {used} training sample(s): answer NLL "
+                texts[i] = text
+                details[i] = f"{label}: {where} {text!r}"
+            notes.append(f"gcg: {label} {where} {text!r}, optimised on {used} training sample(s): answer NLL "
                          f"{before:.3f} -> {after:.3f}")
-        parts = [p.with_(question=p.question + s) for p, s in zip(base, suffixes)]
-        values = ctx.scorer.per_sample(metric, model, data, parts=parts)
-        notes.insert(0, f"gcg: a universal {self.length}-token suffix per fold ({self.steps} steps, "
-                        f"{self.candidates} candidates from the top {self.topk}, {self.batch_size} sample(s) "
-                        f"per step, seed {seed}); each fold scored with the suffix optimised on the others")
         if excluded:
             notes.append(f"gcg: {excluded} training sample(s) left out: their answer equals one the fold is scored on")
-        outcome = AttackOutcome(values, {"gcg_forward_passes": counter["forward"],
-                                         "gcg_backward_passes": counter["backward"]},
-                                details, [describe(p) for p in parts], notes, parts=parts, excluded=excluded)
-        _store(ctx, key, outcome, suffixes)
-        return outcome
+        return texts, details, notes, excluded, lambda metric, values: []
+
+    def _per_sample(self, model, data, makers, scorer, seed, counter):
+        n, where = len(data), self.position
+        seeds = [(seed * 1_000_003 + i) & 0x7FFF_FFFF_FFFF for i in range(n)]
+        found, initial = gcg_search.per_sample(self, model, makers, scorer, seeds, counter)
+        if all(f is None for f in found):
+            raise AttackError(f"attack {self.spec}: the {where} merges with the prompt's tokens in every sample, "
+                              "so it cannot be optimised token by token")
+        decode = model.tokenizer.decode
+        texts = [decode(f[0]) if f is not None else decode(initial) for f in found]
+        details = [f"own {where} {t!r}: answer NLL {f[1]:.3f} -> {f[2]:.3f}" if f is not None else
+                   f"{where} not optimised (it merges with the prompt's tokens): {t!r}" for t, f in zip(texts, found)]
+        done = [f for f in found if f is not None]
+        notes = [f"gcg: one {self.length}-token {where} per sample ({self._settings(seed)}), optimised on the very "
+                 f"answer it is scored on: an upper bound, not a held-out result; answer NLL over the {len(done)} "
+                 f"optimised sample(s), mean {np.mean([f[1] for f in done]):.3f} -> "
+                 f"{np.mean([f[2] for f in done]):.3f}"]
+        if len(done) < n:
+            notes.append(f"gcg: {n - len(done)} sample(s) scored with the unoptimised {where}: it merges with their "
+                         "prompt's tokens")
+
+        def finish(metric, values):
+            order = np.argsort(-values if metric.higher_is_more_knowledge else values, kind="stable")
+            return [f"gcg: sample {data.ids[i]} ({metric.name} {values[i]:.4g} under attack): {details[i]}"
+                    for i in order[:SHOWN_SAMPLES]]
+        return texts, details, notes, 0, finish
 
 
-def _cached(ctx, key: str, base) -> AttackOutcome | None:
+def _cached(ctx, key: str, base, place) -> AttackOutcome | None:
     if ctx.cache is None or not ctx.cache.enabled:
         return None
     hit = ctx.cache.get(key)
     if hit is None:
         return None
-    suffixes = [str(s) for s in hit["suffixes"]]
-    parts = [p.with_(question=p.question + s) for p, s in zip(base, suffixes)]
+    texts = [str(s) for s in hit["suffixes"]]
+    parts = [p.with_(question=place(p.question, s)) for p, s in zip(base, texts)]
     return AttackOutcome(np.asarray(hit["values"], dtype=np.float64), {"cached": True},
                          [str(d) for d in hit["details"]], [describe(p) for p in parts],
                          [str(x) for x in hit["notes"]] + ["result read from the attack cache"], parts=parts,
                          excluded=int(hit["excluded"]))
 
 
-def _store(ctx, key: str, outcome: AttackOutcome, suffixes: list[str]) -> None:
+def _store(ctx, key: str, outcome: AttackOutcome, texts: list[str]) -> None:
     if ctx.cache is not None and ctx.cache.enabled:
         ctx.cache.put(key, {"values": np.asarray(outcome.values, dtype=np.float64),
                             "details": np.array(outcome.details, dtype=str),
                             "notes": np.array(outcome.notes, dtype=str),
-                            "suffixes": np.array(suffixes, dtype=str),
+                            "suffixes": np.array(texts, dtype=str),
                             "excluded": np.array(int(outcome.excluded), dtype=np.int64)})
