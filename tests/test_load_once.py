@@ -196,6 +196,35 @@ def test_changing_a_loaded_weight_in_place_leaves_the_file_untouched(saved, tmp_
     assert torch.equal(again + 1.0, weight)
 
 
+def test_a_weight_written_while_the_shard_is_hashed_does_not_change_the_fingerprint(saved, tmp_path, monkeypatch):
+    """The weights are copy-on-write views of the file: a write made while loading (here after
+    from_pretrained, before the hash reads the page) reaches neither the file nor the digest."""
+    from transformers import LlamaForCausalLM
+
+    folder = copy_of(saved, "single", tmp_path)
+    written, real_hash, real_load = threading.Event(), shards.Shard.sha256, LlamaForCausalLM.from_pretrained
+
+    def late_hash(self, stop=None):
+        assert written.wait(10)
+        return real_hash(self, stop)
+
+    def writing_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(-1.0)
+        written.set()
+        return model
+
+    monkeypatch.setattr(shards.Shard, "sha256", late_hash)
+    monkeypatch.setattr(LlamaForCausalLM, "from_pretrained", writing_load)
+    handle = load_model(folder, device="cpu", dtype="float32")
+    assert handle.fingerprint == expected_fingerprint(folder)
+    from safetensors.torch import load_file
+
+    assert torch.equal(handle.model.lm_head.weight, -load_file(folder / "model.safetensors")["lm_head.weight"])
+
+
 def test_a_failed_load_stops_the_hashing(saved, tmp_path, monkeypatch):
     folder = copy_of(saved, "single", tmp_path)
     started, outcome, real = threading.Event(), [], shards.Shard.sha256

@@ -52,7 +52,10 @@ class HashingStopped(Exception):
 
 
 class Shard:
-    """One safetensors file, opened once and mapped privately: its tensors and its sha256."""
+    """One safetensors file, opened once: its tensors, views of a private (copy-on-write)
+    mapping, and its sha256, read through a read-only mapping of the same open file.  Both
+    mappings share the page cache's pages, so the file is read from disk once; the hash does not
+    see a write the loader makes to a weight (that goes to a private copy of the page)."""
 
     def __init__(self, path):
         self.path = pathlib.Path(path).absolute()
@@ -62,9 +65,10 @@ class Shard:
             if self.stat.st_size < 8:
                 raise ValueError(f"{self.path.name}: not a safetensors file ({self.stat.st_size} bytes)")
             self.buffer = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+            self.pristine = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
-        self.header, self.data_start = _parse_header(self.path.name, self.buffer)
+        self.header, self.data_start = _parse_header(self.path.name, self.pristine)
 
     def tensors(self) -> dict:
         """Every tensor of the file as a view of the mapping (a copy only where an old writer left
@@ -85,14 +89,20 @@ class Shard:
         return out
 
     def sha256(self, stop: threading.Event | None = None) -> str:
-        """sha256 of the file's bytes, read from the mapping (hashlib releases the GIL)."""
+        """sha256 of the file's bytes, read from the read-only mapping (hashlib releases the
+        GIL); each hashed chunk is unmapped from it again (``MADV_DONTNEED``: the pages stay in
+        the page cache for the weights' mapping), so the hash does not count twice in the
+        process's resident memory."""
         digest = hashlib.sha256()
-        view = memoryview(self.buffer)
+        view = memoryview(self.pristine)
+        release = getattr(mmap, "MADV_DONTNEED", None)
         try:
             for start in range(0, len(view), CHUNK):
                 if stop is not None and stop.is_set():
                     raise HashingStopped(str(self.path))
                 digest.update(view[start:start + CHUNK])
+                if release is not None:
+                    self.pristine.madvise(release, start, min(CHUNK, len(view) - start))
         finally:
             view.release()
         return digest.hexdigest()
