@@ -16,11 +16,12 @@ and loads it with ``load_model`` on the CPU, alternating the two routes:
 A **cold** load starts with no digest memo (a fresh ``PYTEST_UNLEARN_CACHE_DIR``) and the
 folder's pages evicted from the page cache (``posix_fadvise(POSIX_FADV_DONTNEED)`` on every
 file, after the previous model was freed so no mapping pins them); a **warm** load follows it
-with the memo and the page cache filled.  Per load: wall seconds; ``disk``: bytes the process
-caused to be fetched from storage (``read_bytes`` in ``/proc/self/io``); ``read()``: bytes
-returned by read system calls (``rchar``; a mapping's page faults are not counted); opens of the
-weight shards (inotify, Linux).  Medians over ``--rounds``; the fingerprints of the two routes
-are checked to be equal.
+with the memo and the page cache filled.  Per load: wall seconds; CPU seconds of the process
+(all threads, steadier than wall time on a shared machine); ``disk``: bytes the process caused
+to be fetched from storage (``read_bytes`` in ``/proc/self/io``); ``read()``: bytes returned by
+read system calls (``rchar``; a mapping's page faults are not counted); opens of the weight
+shards (inotify, Linux).  Medians over ``--rounds``; the fingerprints of the two routes are
+checked to be equal.
 """
 
 from __future__ import annotations
@@ -140,14 +141,14 @@ def main(argv=None) -> int:
                     if state == "cold":
                         evict(folder)
                     opens = Opens(shards)
-                    before, t0 = proc_io(), time.perf_counter()
+                    before, t0, c0 = proc_io(), time.perf_counter(), time.process_time()
                     handle = load_model(folder, device="cpu", dtype=args.dtype)
-                    wall, after = time.perf_counter() - t0, proc_io()
+                    wall, cpu, after = time.perf_counter() - t0, time.process_time() - c0, proc_io()
                     fingerprints.add(handle.fingerprint)
                     del handle
                     gc.collect()
                     results.setdefault((route, state), []).append(
-                        {"wall": wall, "disk": after["read_bytes"] - before["read_bytes"],
+                        {"wall": wall, "cpu": cpu, "disk": after["read_bytes"] - before["read_bytes"],
                          "read": after["rchar"] - before["rchar"], "opens": opens.count()})
         loading.load_mapped = mapped_route
     assert len(fingerprints) == 1, "the two routes gave different fingerprints"
@@ -156,13 +157,13 @@ def main(argv=None) -> int:
           f"safetensors, loaded as {args.dtype} on the CPU; medians of {args.rounds} rounds "
           f"(torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs)")
     print("")
-    print("| load | route | wall s | disk read (read_bytes) | read() bytes (rchar) | opens per shard |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| load | route | wall s | CPU s | disk read (read_bytes) | read() bytes (rchar) | opens per shard |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for state in ("cold", "warm"):
         for route in ("by path", "mapped once"):
             rows = results[(route, state)]
             med = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
-            print(f"| {state} | {route} | {med['wall']:.2f} | {med['disk'] / mb:.0f} MB | "
+            print(f"| {state} | {route} | {med['wall']:.2f} | {med['cpu']:.2f} | {med['disk'] / mb:.0f} MB | "
                   f"{med['read'] / mb:.0f} MB | {med['opens'] / len(shards):.1f} |")
     print(f"\nall {2 * 2 * args.rounds} loads gave the same fingerprint {next(iter(fingerprints))[:16]}")
     return 0
