@@ -309,6 +309,12 @@ def measure_point(root: Path, name: str, args, tokenizer, config=None, make_mode
     return point
 
 
+def partial(args, runs, points) -> None:
+    """The measurements so far, to ``--json`` + ``.partial`` (a long run that fails keeps them)."""
+    if args.json:
+        Path(args.json + ".partial").write_text(json.dumps({"runs": runs, "points": points}, indent=1))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="2,10", help="two depths (comma-separated)")
@@ -355,14 +361,20 @@ def main(argv=None) -> int:
             runs.append({"layers": layers, "params": n_params, "weight_bytes": 4 * n_params,
                          "phases": phases, "gate": gate})
         small_seconds = time.time() - t0
+        partial(args, runs, points)
         if "smollm2" in wanted:
             from pytest_unlearn.models import load_model, smollm2_gguf_path
 
             handle = load_model(smollm2_gguf_path(), device="cpu", dtype="float32")
             box, tok = [handle.model], handle.tokenizer
             del handle
+            # dequantised already: drop the GGUF quantizer so that save_pretrained writes plain float32
+            box[0].hf_quantizer = None
+            if hasattr(box[0].config, "quantization_config"):
+                del box[0].config.quantization_config
             points.append(measure_point(root, "SmolLM2-135M", args, tok, make_model=box.pop,
                                         samples=args.smollm2_samples, answer_words=24, split=False))
+            partial(args, runs, points)
         if "1b" in wanted:
             big_rows = [r for seed in (0, 1) for r in synthetic_rows(args.big_samples, seed, args.big_answer_words)]
             big_tok = tiny_tokenizer([r["question"] + " " + r["answer"] for r in big_rows], vocab_size=2000)
