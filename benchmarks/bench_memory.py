@@ -349,8 +349,17 @@ def main(argv=None) -> int:
     ap.add_argument("--big-answer-words", type=int, default=8, help="words per answer of the 1B model's rows")
     ap.add_argument("--big-relearn-steps", type=int, default=1)
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--report", help="measure nothing: print the analysis of a file --json wrote")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        inputs = saved["inputs"]
+        args.hidden, args.samples, args.batch_size = inputs["hidden"], inputs["samples"], inputs["batch_size"]
+        os.environ["OMP_NUM_THREADS"] = str(inputs["threads"])
+        print(fit_and_project(args, saved["runs"], saved["points"], inputs["vocab"], inputs["longest"],
+                              inputs["meas_logits"], inputs["small_seconds"], inputs["notes"], inputs["seconds"])["text"])
+        return 0
     try:  # on a shared machine, should memory run out, this benchmark is the process to stop
         Path("/proc/self/oom_score_adj").write_text("1000")
     except OSError:
@@ -414,11 +423,40 @@ def main(argv=None) -> int:
                 points.append(measure_point(root, "Llama-3.2-1B config", args, big_tok, config=config,
                                             samples=args.big_samples, answer_words=args.big_answer_words,
                                             split=True, attacks=big_attacks, gate=False))
-    report = fit_and_project(args, runs, points, vocab, longest, meas_logits, small_seconds, notes, time.time() - t0)
+    seconds = time.time() - t0
+    report = fit_and_project(args, runs, points, vocab, longest, meas_logits, small_seconds, notes, seconds)
     print(report["text"])
     if args.json:
-        Path(args.json).write_text(json.dumps({k: v for k, v in report.items() if k != "text"}, indent=1))
+        inputs = {"vocab": vocab, "longest": longest, "meas_logits": meas_logits, "small_seconds": small_seconds,
+                  "notes": notes, "seconds": seconds, "hidden": args.hidden, "samples": args.samples,
+                  "batch_size": args.batch_size, "threads": int(os.environ["OMP_NUM_THREADS"])}
+        Path(args.json).write_text(json.dumps({"inputs": inputs, **{k: v for k, v in report.items() if k != "text"}},
+                                              indent=1))
     return 0
+
+
+def pair_fit(p1: dict, p2: dict, phase: str, act_measured: float) -> dict | None:
+    """``copies`` and ``per_logit_byte`` of ``phase`` solved from two measured models (two
+    equations ``measured = c * weight bytes + t * logit bytes``; relearning's training
+    activations, from the small fit, taken off first); ``None`` when either lacks the phase.
+    A negative solution for one term sets it to 0 and the other from the larger model alone."""
+    if phase not in p1["phases"] or phase not in p2["phases"]:
+        return None
+
+    def terms(pt):
+        if phase.startswith("relearn"):
+            act = act_measured * pt["layers"] * pt["train_batch"] * pt["longest"] * pt["hidden"]
+            return pt["weight_bytes"], pt["train_logits"], pt["phases"][phase] - act
+        return pt["weight_bytes"], pt["logits"], pt["phases"][phase]
+
+    (w1, l1, m1), (w2, l2, m2) = terms(p1), terms(p2)
+    det = w1 * l2 - w2 * l1
+    c, t = (m1 * l2 - m2 * l1) / det, (w1 * m2 - w2 * m1) / det
+    if t < 0:
+        c, t = max(m2, 0.0) / w2, 0.0
+    elif c < 0:
+        c, t = 0.0, max(m2, 0.0) / l2
+    return {"copies": c, "per_logit_byte": t}
 
 
 def fit_and_project(args, runs, points, vocab, longest, meas_logits, small_seconds, notes, seconds) -> dict:
@@ -442,26 +480,24 @@ def fit_and_project(args, runs, points, vocab, longest, meas_logits, small_secon
         fit[phase] = {"copies": c, "per_logit_byte": max(rest, 0.0) / (
             train_logits if phase.startswith("relearn") else meas_logits)}
     act_measured = act / (longest * args.hidden * 4)  # per layer, sample, token and hidden unit (float32)
-    small_copies = {phase: f["copies"] for phase, f in fit.items()}
 
-    def rest_bytes(phase, logits, train_act=0.0, t_logits=0.0):
-        """A phase's bytes besides its copies of the weights: logits (and activations, relearn)."""
+    def phase_bytes(phase, weights, logits, model, train_act=0.0, t_logits=0.0):
+        """``model[phase]``'s copies of the weights plus its per-logit-byte term (a training
+        batch's logits and the activations for relearning)."""
+        f = model[phase]
         if phase.startswith("relearn"):
-            return fit[phase]["per_logit_byte"] * t_logits + train_act
-        return fit[phase]["per_logit_byte"] * logits
+            return max(f["copies"], 0.0) * weights + f["per_logit_byte"] * t_logits + train_act
+        return max(f["copies"], 0.0) * weights + f["per_logit_byte"] * logits
 
-    def phase_bytes(phase, weights, logits, copies, train_act=0.0, t_logits=0.0):
-        return max(copies[phase], 0.0) * weights + rest_bytes(phase, logits, train_act, t_logits)
-
-    def gate_bytes(weights, logits, train_act, t_logits, copies, full_relearn_bytes=None):
+    def gate_bytes(weights, logits, train_act, t_logits, model, full_relearn_bytes=None):
         # at the end four models are held: original, unlearned, reference, the working copy
-        on_top = {p: phase_bytes(p, weights, logits, copies) for p in PHASES
+        on_top = {p: phase_bytes(p, weights, logits, model) for p in PHASES
                   if p not in ("load", "calibration", "reference control") and not p.startswith("relearn")}
-        on_top["relearn"] = (phase_bytes("relearn (lora)", weights, logits, copies, train_act, t_logits)
+        on_top["relearn"] = (phase_bytes("relearn (lora)", weights, logits, model, train_act, t_logits)
                              if full_relearn_bytes is None else full_relearn_bytes)
         # calibration and the reference's scoring happen before all four are held
-        on_top["calibration"] = phase_bytes("calibration", weights, logits, copies) - weights
-        on_top["reference control"] = phase_bytes("reference control", weights, logits, copies) - weights
+        on_top["calibration"] = phase_bytes("calibration", weights, logits, model) - weights
+        on_top["reference control"] = phase_bytes("reference control", weights, logits, model) - weights
         worst = max(on_top, key=on_top.get)
         return 4 * weights + max(on_top[worst], 0.0), worst
 
@@ -488,51 +524,60 @@ def fit_and_project(args, runs, points, vocab, longest, meas_logits, small_secon
     predicted = []
     for r in runs:
         train_act = act * TRAIN_BATCH * r["layers"]
-        full = phase_bytes("relearn (full)", r["weight_bytes"], meas_logits, small_copies, train_act, train_logits)
-        predicted.append(gate_bytes(r["weight_bytes"], meas_logits, train_act, train_logits, small_copies, full)[0])
+        full = phase_bytes("relearn (full)", r["weight_bytes"], meas_logits, fit, train_act, train_logits)
+        predicted.append(gate_bytes(r["weight_bytes"], meas_logits, train_act, train_logits, fit, full)[0])
     lines.append("| whole gate (model: 4 x weights + largest phase) | "
                  + " | ".join(f"{p / MiB:.0f} MiB" for p in predicted) + " | | |")
     lines.append(f"\nTraining activations (relearn, no gradient checkpointing): {act / MiB:.2f} MiB per layer "
                  f"and training sample of {longest} tokens at hidden size {args.hidden}, float32 "
                  f"({act_measured:.1f} bytes per layer, token and hidden unit)")
 
-    # the larger models: each phase against the small fit's prediction, and its own copies of the weights
-    for pt in points:
-        pt["copies"] = {}
+    # the larger models, each phase against the small fit's prediction; two of them give a fit of their own
+    large = dict(fit)
+    if len(points) == 2:
+        for phase in PHASES:
+            solved = pair_fit(points[0], points[1], phase, act_measured)
+            if solved is not None:
+                large[phase] = solved
+    for i, pt in enumerate(points):
         w, logits, t_logits, pact = pt["weight_bytes"], pt["logits"], pt["train_logits"], point_act(pt)
+        joint = i == 1
         lines += ["", f"{pt['name']}: {pt['params'] / 1e6:.0f}M parameters ({w / MiB:.0f} MiB float32), "
                   f"{pt['layers']} layers, hidden {pt['hidden']}, vocabulary {pt['vocab']}; {pt['samples']} forget "
                   f"and retain rows, longest {pt['longest']} tokens (one batch's float32 logits: {logits / MiB:.1f} MiB, "
                   f"a training batch of {pt['train_batch']}: {t_logits / MiB:.1f} MiB)", "",
-                  "| phase | measured | predicted by the small fit | copies of the weights here |", "|---|---|---|---|"]
+                  "| phase | measured | predicted by the small fit |"
+                  + (f" copies of the weights ({points[0]['name']} + this) | x one batch's logits |" if joint else ""),
+                  "|---|---|---|" + ("---|---|" if joint else "")]
         for phase in PHASES:
             if phase not in pt["phases"]:
                 if phase == "calibration" and pt["split"]:
                     lines.append("| calibration | not measured (the memory for three float32 copies of the "
-                                 "weights was not available) | | |")
+                                 "weights was not available) | |" + (" | |" if joint else ""))
                 continue
-            measured = pt["phases"][phase]
-            rest = rest_bytes(phase, logits, pact, t_logits)
-            pt["copies"][phase] = (measured - rest) / w
-            guess = phase_bytes(phase, w, logits, small_copies, pact, t_logits)
-            lines.append(f"| {phase} | {measured / MiB:.0f} MiB | {guess / MiB:.0f} MiB | {pt['copies'][phase]:.2f} |")
+            guess = phase_bytes(phase, w, logits, fit, pact, t_logits)
+            row = f"| {phase} | {pt['phases'][phase] / MiB:.0f} MiB | {guess / MiB:.0f} MiB |"
+            if joint:
+                f = large[phase] if pair_fit(points[0], pt, phase, act_measured) is not None else None
+                row += (f" {f['copies']:.2f} | {f['per_logit_byte']:.2f} |" if f else " | |")
+            lines.append(row)
         if pt["gate"] is not None:
-            own = {**small_copies, **pt["copies"]}
-            full = phase_bytes("relearn (full)", w, logits, own, pact, t_logits)
-            model_own = gate_bytes(w, logits, pact, t_logits, own, full)[0]
-            full_small = phase_bytes("relearn (full)", w, logits, small_copies, pact, t_logits)
-            model_small = gate_bytes(w, logits, pact, t_logits, small_copies, full_small)[0]
+            full = phase_bytes("relearn (full)", w, logits, fit, pact, t_logits)
+            model_small = gate_bytes(w, logits, pact, t_logits, fit, full)[0]
             lines.append(f"| whole gate (measured) | {pt['gate'] / MiB:.0f} MiB | {model_small / MiB:.0f} MiB "
-                         f"(gate model) | {model_own / MiB:.0f} MiB by the gate model with these copies |")
+                         "(gate model) |" + (" | |" if joint else ""))
         else:
-            lines.append("| whole gate | not measured (four float32 copies would not fit this machine's memory) | | |")
+            lines.append("| whole gate | not measured (four float32 copies would not fit this machine's memory) | |"
+                         + (" | |" if joint else ""))
     lines += notes
 
+    sources = [(f"{a['layers']}/{b['layers']}-layer fit", fit)]
+    if len(points) == 2:
+        sources.append((f"{points[0]['name']} + {points[1]['name']}", large))
     lines += ["", f"Projection, bfloat16 weights (2 bytes/parameter), logits of batch {CUDA_BATCH} x {TOKENS} tokens, "
-              f"one GPU of {GPU_BYTES / 1e9:.0f} GB; copies of the weights per phase from the measured point named "
-              "(a phase not measured there: the small fit), per-logit factors and training activations from "
-              "the small fit:", "",
-              "| model | copies from | weights | one batch's logits | relearn activations | gate peak (relearn LoRA, "
+              f"one GPU of {GPU_BYTES / 1e9:.0f} GB; copies of the weights and per-logit factors per phase from the "
+              "fit named (a phase the larger models lack: the small fit's), training activations from the small fit:",
+              "", "| model | fit | weights | one batch's logits | relearn activations | gate peak (relearn LoRA, "
               "the default) | largest phase | fits 80 GB | gate peak with full-fine-tuning relearn |",
               "|---|---|---|---|---|---|---|---|---|"]
     from pytest_unlearn.training import training_bytes
@@ -547,25 +592,25 @@ def fit_and_project(args, runs, points, vocab, longest, meas_logits, small_secon
         def element_size(self):
             return 2
 
-    sources = [(f"{a['layers']}/{b['layers']}-layer fit", small_copies)] + [(pt["name"], {**small_copies, **pt["copies"]}) for pt in points]
     projections = {}
     for name, (n_params, v, layers, hidden) in TARGETS.items():
         weights, logits = 2 * n_params, logit_bytes(CUDA_BATCH, TOKENS, v)
         # bf16 activations (half of the measured float32 bytes), no gradient checkpointing: an upper bound
         train_act = act_measured / 2 * layers * TRAIN_BATCH * TOKENS * hidden
         t_logits = logit_bytes(TRAIN_BATCH, TOKENS, v)
-        for source, copies in sources:
-            peak, worst = gate_bytes(weights, logits, train_act, t_logits, copies)
+        for source, model in sources:
+            peak, worst = gate_bytes(weights, logits, train_act, t_logits, model)
             full = (training_bytes([_P(int(n_params))]) + train_act
-                    + fit["relearn (full)"]["per_logit_byte"] * t_logits)
-            peak_full, _ = gate_bytes(weights, logits, train_act, t_logits, copies, full)
+                    + model["relearn (full)"]["per_logit_byte"] * t_logits)
+            peak_full, _ = gate_bytes(weights, logits, train_act, t_logits, model, full)
             projections.setdefault(name, {})[source] = {
                 "weights": weights, "logits": logits, "train_activations": train_act, "gate_peak": peak,
                 "largest_phase": worst, "gate_peak_full_relearn": peak_full}
             lines.append(f"| {name} | {source} | {weights / 1e9:.1f} GB | {logits / 1e9:.2f} GB | "
                          f"{train_act / 1e9:.1f} GB | {peak / 1e9:.1f} GB | {worst} | "
                          f"{'yes' if peak <= GPU_BYTES else 'no'} | {peak_full / 1e9:.0f} GB |")
-    return {"text": "\n".join(lines), "runs": runs, "points": points, "fit": fit, "projections": projections}
+    return {"text": "\n".join(lines), "runs": runs, "points": points, "fit": fit, "large_fit": large,
+            "projections": projections}
 
 
 if __name__ == "__main__":
