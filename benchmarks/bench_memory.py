@@ -578,8 +578,9 @@ def fit_and_project(args, runs, points, vocab, longest, meas_logits, small_secon
               f"one GPU of {GPU_BYTES / 1e9:.0f} GB; copies of the weights and per-logit factors per phase from the "
               "fit named (a phase the larger models lack: the small fit's), training activations from the small fit:",
               "", "| model | fit | weights | one batch's logits | relearn activations | gate peak (relearn LoRA, "
-              "the default) | largest phase | fits 80 GB | gate peak with full-fine-tuning relearn |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "the default) | largest phase | fits 80 GB | the same, quantize's restore copy in host memory "
+              "(as on a GPU) | gate peak with full-fine-tuning relearn |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     from pytest_unlearn.training import training_bytes
 
     class _P:  # one bf16 parameter tensor of n elements, for training_bytes
@@ -603,12 +604,18 @@ def fit_and_project(args, runs, points, vocab, longest, meas_logits, small_secon
             full = (training_bytes([_P(int(n_params))]) + train_act
                     + model["relearn (full)"]["per_logit_byte"] * t_logits)
             peak_full, _ = gate_bytes(weights, logits, train_act, t_logits, model, full)
+            # quantize keeps its snapshot of the weights it rounds in CPU memory (attacks/weight_attacks.py):
+            # on a GPU its copies of the weights are not on the device
+            on_device = {**model, "quantize:4": {**model["quantize:4"], "copies": 0.0}}
+            peak_dev, worst_dev = gate_bytes(weights, logits, train_act, t_logits, on_device)
             projections.setdefault(name, {})[source] = {
                 "weights": weights, "logits": logits, "train_activations": train_act, "gate_peak": peak,
-                "largest_phase": worst, "gate_peak_full_relearn": peak_full}
+                "largest_phase": worst, "gate_peak_snapshot_on_host": peak_dev,
+                "largest_phase_snapshot_on_host": worst_dev, "gate_peak_full_relearn": peak_full}
             lines.append(f"| {name} | {source} | {weights / 1e9:.1f} GB | {logits / 1e9:.2f} GB | "
                          f"{train_act / 1e9:.1f} GB | {peak / 1e9:.1f} GB | {worst} | "
-                         f"{'yes' if peak <= GPU_BYTES else 'no'} | {peak_full / 1e9:.0f} GB |")
+                         f"{'yes' if peak <= GPU_BYTES else 'no'} | {peak_dev / 1e9:.1f} GB ({worst_dev}) | "
+                         f"{peak_full / 1e9:.0f} GB |")
     return {"text": "\n".join(lines), "runs": runs, "points": points, "fit": fit, "large_fit": large,
             "projections": projections}
 
