@@ -6,7 +6,7 @@ model, projected to 7B, 8B and 70B.
                                       [--big-samples 4] [--big-answer-words 8] [--big-relearn-steps 1]
                                       [--json FILE]
 
-What is measured (CPU, float32, no result cache; about 20 minutes on a 2-core machine, the
+What is measured (CPU, float32, no result cache; 13 to 20 minutes on a 2-core machine, the
 two small depths alone, ``--points ""``, a few minutes): two Llama models built from a config
 with random weights (``--hidden`` wide, ``--vocab`` logits, ``--layers`` deep: two depths, so
 that a per-parameter slope and a fixed part can be told apart), saved as safetensors folders
