@@ -11,7 +11,9 @@ memoised by (path, size, mtime, inode, ctime) in ``file-digests.json`` under the
 are hashed in parallel threads (hashlib releases the GIL on large buffers).  A file in a Hugging
 Face hub cache (``snapshots/<rev>/<name>``, a link to ``blobs/<sha256>``) is not read at all
 when its blob's name is a sha256 (64 hex digits): the hub names a Git LFS file's blob by the
-sha256 of its content and checks it on download.  An in-memory model's fingerprint is
+sha256 of its content and checks it on download.  A model folder's safetensors shards are
+hashed from the mapping the loader builds the model from (:mod:`.shards`), so a cold load
+reads each shard once; the digests are the same.  An in-memory model's fingerprint is
 memoised while none of its tensors is replaced or changed in place (PyTorch's version counters).
 """
 
@@ -26,13 +28,15 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from ..atomic import write_text_atomically
 from ..errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
+
+    from .shards import Shard
 
 FINGERPRINT_VERSION = "pytest-unlearn-fingerprint-v1"
 CHUNK = 8 * 2**20
@@ -111,13 +115,18 @@ def _hash_threads(n: int) -> int:
     return max(1, min(n, HASH_THREADS, os.cpu_count() or 1))
 
 
-def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
+def _file_digests(paths: Iterable[pathlib.Path], mapped: Mapping[str, "Shard"] | None = None,
+                  stop: threading.Event | None = None) -> dict[str, str]:
     """sha256 of each file, memoised for large files by (path, size, mtime_ns, inode, ctime_ns).
 
     The ctime is in the key (as in git's index) because an in-place overwrite that restores
     size and mtime (``cp -p``, ``rsync -t``, ``touch -r``) cannot restore it: the kernel sets
     it on every write and every metadata change.  A hub cache blob named by its sha256 is not
-    read (:func:`hub_blob_sha256`); the files left are hashed in parallel threads."""
+    read (:func:`hub_blob_sha256`); the files left are hashed in parallel threads.  A file in
+    ``mapped`` (absolute path -> :class:`~.shards.Shard`, opened once by the loader) is hashed
+    from its mapping, keyed by the status of the file mapped, and the hashing gives up with
+    :class:`~.shards.HashingStopped` once ``stop`` is set."""
+    mapped = mapped or {}
     memo_file = _memo_path()
     memo = None
     result: dict[str, str] = {}
@@ -129,7 +138,7 @@ def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
             result[str(path)] = named
             continue
         try:
-            st = path.stat()
+            st = mapped[str(path)].stat if str(path) in mapped else path.stat()
         except OSError as exc:
             raise ModelLoadError(f"{path}: cannot read file: {exc}") from exc
         if st.st_size < MEMO_MIN_SIZE:
@@ -145,6 +154,8 @@ def _file_digests(paths: Iterable[pathlib.Path]) -> dict[str, str]:
         todo.append((path, st))
 
     def digest_of(path: pathlib.Path) -> str:
+        if str(path) in mapped:
+            return mapped[str(path)].sha256(stop)
         try:
             return _sha256_file(path)
         except OSError as exc:
@@ -178,9 +189,11 @@ def _combine(kind: str, parts: Iterable[tuple[str, str]]) -> str:
 
 
 def _files_fingerprint(kind: str, root: pathlib.Path, files: Iterable[pathlib.Path],
-                       extra: Iterable[tuple[str, str]] = ()) -> str:
-    """Content fingerprint of ``files`` (named relative to ``root``, so copies agree)."""
-    digests = _file_digests(files)
+                       extra: Iterable[tuple[str, str]] = (), mapped: Mapping[str, "Shard"] | None = None,
+                       stop: threading.Event | None = None) -> str:
+    """Content fingerprint of ``files`` (named relative to ``root``, so copies agree); files in
+    ``mapped`` are hashed from their mapping (:func:`_file_digests`)."""
+    digests = _file_digests(files, mapped, stop)
     parts = sorted((os.path.relpath(p, root.absolute()), d) for p, d in digests.items())
     return _combine(kind, [*parts, *extra])
 

@@ -25,6 +25,7 @@ from .devices import (_auto_device_map, _dtype_kwarg, device_map_kwargs, device_
     resolve_device, resolve_dtype)
 from .fingerprints import _files_fingerprint, weights_fingerprint
 from .handle import ModelHandle
+from .shards import NotMappable, load_mapped
 
 if TYPE_CHECKING:
     import torch
@@ -177,8 +178,6 @@ def _check_remote_code(folder: pathlib.Path, trust_remote_code: bool) -> None:
 
 def _load_folder(folder: pathlib.Path, device, dtype, allow_pickle: bool, trust_remote_code: bool,
                  spread: bool = False):
-    from transformers import AutoModelForCausalLM
-
     weights = sorted(folder.glob("*.safetensors"))
     pickles = _pickle_files(folder)
     ggufs = sorted(folder.glob("*.gguf"))
@@ -201,18 +200,36 @@ def _load_folder(folder: pathlib.Path, device, dtype, allow_pickle: bool, trust_
         raise ModelLoadError(f"{folder}: no config.json next to the weights; save the model with "
                              "save_pretrained(), or point at the folder that has config.json")
     _check_remote_code(folder, trust_remote_code)
+    files, extra = set(weights) | set(_sidecars(folder)), [("dtype", str(dtype))]
+    model = fingerprint = None
+    if not spread and not trust_remote_code and weights[0].suffix == ".safetensors":
+        try:  # each shard opened and read once, hashed while the model is built (shards.py)
+            model, fingerprint = load_mapped(folder, _dtype_kwarg(dtype), files, extra)
+        except NotMappable:
+            pass
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{folder}: cannot load the model: {_describe(exc)}") from exc
+    if model is None:
+        model = _load_by_path(folder, dtype, trust_remote_code, spread, weights[0].suffix == ".safetensors")
+    tokenizer = _load_tokenizer(folder, folder, trust_remote_code=trust_remote_code)
+    if fingerprint is None:
+        fingerprint = _files_fingerprint("folder", folder, files, extra)
+    return model, tokenizer, fingerprint
+
+
+def _load_by_path(folder: pathlib.Path, dtype, trust_remote_code: bool, spread: bool, safetensors: bool):
+    from transformers import AutoModelForCausalLM  # it opens the weight files itself
+
     placement = device_map_kwargs() if spread else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), use_safetensors=weights[0].suffix == ".safetensors",
-            trust_remote_code=trust_remote_code, **_dtype_kwarg(dtype), **placement)
+        return AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=safetensors,
+                                                    trust_remote_code=trust_remote_code,
+                                                    **_dtype_kwarg(dtype), **placement)
     except Exception as exc:
         how = " with device_map='auto' (unlearn_device sharded)" if spread else ""
         raise ModelLoadError(f"{folder}: cannot load the model{how}: {_describe(exc)}") from exc
-    tokenizer = _load_tokenizer(folder, folder, trust_remote_code=trust_remote_code)
-    files = set(weights) | set(_sidecars(folder))
-    fingerprint = _files_fingerprint("folder", folder, files, [("dtype", str(dtype))])
-    return model, tokenizer, fingerprint
 
 
 def _gguf_not_spread(path: pathlib.Path) -> ConfigError:
