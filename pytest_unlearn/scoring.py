@@ -229,7 +229,7 @@ class Scorer:
         context_length = handle.context_length
         fixed = self.new_tokens(parts)
         # no batch size in the key: each sample has its own budget and stops on its own, so its
-        # generation does not depend on the batch it lands in (tests/test_batch_invariance.py)
+        # generation does not depend on the batch it lands in (tests/models/test_batch_invariance.py)
         key = cache_key("generate", handle.fingerprint, _ids_digest(encoded),
                         str(handle.device.type), str(handle.dtype), GENERATION_POLICY, context_length,
                         *([list(fixed)] if fixed is not None else []))

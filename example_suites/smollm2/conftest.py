@@ -3,16 +3,16 @@ and every test that takes ``candidate`` runs once per release candidate (the mul
 suite in ``multiple_choice/``, which reuses these hooks, has candidates of its own besides:
 ``build_models.MC_CANDIDATES``, built only when that suite runs).
 
-``--expected-verdicts FILE`` compares each test's outcome with the JSON map in FILE
-(test id -> "passed" / "failed") at the end of the run, prints the comparison and makes
-the exit status 0 exactly when every outcome is the expected one: the suite demonstrates
-failing gates, and a demo run passes when they fail where they should.
+``--expected-verdicts FILE`` (the ``pytest_unlearn.expected_verdicts`` plugin, enabled below)
+compares each test's outcome with the JSON map in FILE (test id -> "passed" / "failed") at the
+end of the run, prints the comparison and makes the exit status 0 exactly when every outcome is
+the expected one: the suite demonstrates failing gates, and a demo run passes when they fail
+where they should.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+
+pytest_plugins = ["pytest_unlearn.expected_verdicts"]
 
 
 def _build_module():
@@ -58,12 +60,6 @@ def suite_of(config) -> str:
     else ``main``."""
     inipath = getattr(config, "inipath", None)
     return "multiple_choice" if inipath is not None and Path(inipath).parent.name == "multiple_choice" else "main"
-
-
-def pytest_addoption(parser):
-    parser.addoption("--expected-verdicts", metavar="FILE", default=None,
-                     help="compare test outcomes with FILE (JSON: test id -> passed/failed); "
-                          "exit 0 exactly when all match")
 
 
 def pytest_configure(config):
@@ -105,53 +101,3 @@ def pytest_generate_tests(metafunc):
     if "candidate" in metafunc.fixturenames:
         chosen = candidates(suite_of(metafunc.config))
         metafunc.parametrize("candidate", chosen, ids=[c.name for c in chosen])
-
-
-# ---------------------------------------------------------------- expected verdicts
-
-_SEEN: dict[str, str] = {}  # test id -> outcome (on the xdist controller: the workers' reports)
-
-
-def pytest_runtest_logreport(report):
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        _SEEN[report.nodeid] = ("passed" if report.passed else "skipped" if report.skipped
-                                else "failed" if report.when == "call" else "error")
-
-
-def pytest_sessionfinish(session, exitstatus):
-    path = session.config.getoption("--expected-verdicts")
-    if not path or hasattr(session.config, "workerinput"):
-        return
-    expected = json.loads(Path(path).read_text(encoding="utf-8"))
-    expected = {k: v for k, v in expected.items() if not k.startswith("_")}
-    session.config.stash[_CHECK] = check = compare(expected, _SEEN)
-    session.exitstatus = 0 if check["ok"] else 1
-
-
-_CHECK = pytest.StashKey[dict]()
-
-
-def compare(expected: dict, seen: dict) -> dict:
-    rows = []
-    for test, want in expected.items():
-        got = seen.get(test, "not run")
-        rows.append((test, want, got, got == want))
-    extra = sorted(set(seen) - set(expected))
-    return {"rows": rows, "extra": extra, "ok": all(r[3] for r in rows) and not extra}
-
-
-@pytest.hookimpl(trylast=True)  # after the unlearning summary
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    check = config.stash.get(_CHECK, None)
-    if check is None:
-        return
-    tr = terminalreporter
-    tr.write_sep("=", "expected verdicts")
-    width = max((len(r[0]) for r in check["rows"]), default=10)
-    for test, want, got, ok in check["rows"]:
-        tr.write_line(f"{test:<{width}}  expected {want:<7} got {got:<7} {'ok' if ok else 'MISMATCH'}")
-    for test in check["extra"]:
-        tr.write_line(f"{test:<{width}}  not in the expected verdicts: MISMATCH")
-    n_ok = sum(r[3] for r in check["rows"])
-    tr.write_line(f"{n_ok} of {len(check['rows'])} verdicts as expected"
-                  + ("" if check["ok"] else "; the run does NOT show what the suite's README describes"))

@@ -1,6 +1,7 @@
-"""The parent suite's fixtures and options, reused: the models are built (or reused) in
-``../.models/`` when pytest starts, every test that takes ``candidate`` runs once per release
-candidate, and ``--expected-verdicts FILE`` checks the outcomes (see ``../conftest.py``)."""
+"""The parent suite's hooks, reused: the models are built (or reused) in ``../.models/`` when
+pytest starts, every test that takes ``candidate`` runs once per release candidate, one progress
+line per test (see ``../conftest.py``); ``--expected-verdicts FILE`` checks the outcomes (the
+``pytest_unlearn.expected_verdicts`` plugin)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ _parent = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = _parent  # its dataclass looks its module up
 _spec.loader.exec_module(_parent)
 
+pytest_plugins = ["pytest_unlearn.expected_verdicts"]
+
 # pytest registers the hooks a conftest module holds: the parent's, under their own names
-pytest_addoption = _parent.pytest_addoption
 pytest_configure = _parent.pytest_configure
 pytest_collection_finish = _parent.pytest_collection_finish
 pytest_runtest_logstart = _parent.pytest_runtest_logstart
 pytest_generate_tests = _parent.pytest_generate_tests
-pytest_runtest_logreport = _parent.pytest_runtest_logreport
-pytest_sessionfinish = _parent.pytest_sessionfinish
-pytest_terminal_summary = _parent.pytest_terminal_summary

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def blocks(page: str, language: str) -> list[str]:

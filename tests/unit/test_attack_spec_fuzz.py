@@ -59,6 +59,25 @@ def test_grammar_shaped_specs(spec):
     check(spec)
 
 
+def test_chained_specs_parse_or_fail_cleanly():
+    """Any two specs joined by '+' (and arbitrary text around '+') either parse to an attack whose
+    canonical spec parses back to it, or fail with AttackError / UnknownNameError."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(spec_strategy, min_size=2, max_size=3), st.sampled_from(["+", " + ", "+ "]))
+    def joined(specs, sep):
+        check(sep.join(specs))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(alphabet=st.sampled_from(list("+:=,\" relarnquitz_8")), max_size=30))
+    def plus_text(text):
+        check(text)
+        check("relearn+" + text)
+
+    joined()
+    plus_text()
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(min_size=1).filter(lambda t: t.strip()))
 def test_any_prefill_text_round_trips(text):

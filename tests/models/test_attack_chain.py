@@ -194,30 +194,6 @@ def test_assert_forgotten_runs_the_chain_on_the_controls(toy_world, tmp_path):
     suite.close()
 
 
-def test_chained_specs_parse_or_fail_cleanly():
-    """Any two specs joined by '+' (and arbitrary text around '+') either parse to an attack whose
-    canonical spec parses back to it, or fail with AttackError / UnknownNameError."""
-    hypothesis = pytest.importorskip("hypothesis")
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-    from test_attack_spec_fuzz import check, spec_strategy
-
-    @settings(max_examples=300, deadline=None)
-    @given(st.lists(spec_strategy, min_size=2, max_size=3), st.sampled_from(["+", " + ", "+ "]))
-    def joined(specs, sep):
-        check(sep.join(specs))
-
-    @settings(max_examples=200, deadline=None)
-    @given(st.text(alphabet=st.sampled_from(list("+:=,\" relarnquitz_8")), max_size=30))
-    def plus_text(text):
-        check(text)
-        check("relearn+" + text)
-
-    joined()
-    plus_text()
-    del hypothesis
-
-
 def test_a_chain_carries_every_steps_version_in_its_key(monkeypatch):
     """A changed step (its algorithm version bumped) must never serve an old chain outcome."""
     from pytest_unlearn.attacks import parse_attack

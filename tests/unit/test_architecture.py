@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pytest_unlearn"
-WIRING = {"plugin.py", "baseline_hooks.py", "config.py", "distributed.py"}
+PACKAGE = Path(__file__).resolve().parents[2] / "pytest_unlearn"
+WIRING = {"plugin.py", "baseline_hooks.py", "config.py", "distributed.py", "expected_verdicts.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUITES = ROOT / "example_suites"
 SKIP = shutil.ignore_patterns(".models", "reports", ".pytest_cache", "__pycache__")
 
