@@ -86,7 +86,7 @@ def input_device(model) -> "torch.device":
     if callable(getter):
         try:
             emb = getter()
-        except (NotImplementedError, AttributeError):
+        except (NotImplementedError, AttributeError):  # transformers' base class raises for models without one
             emb = None
     if emb is not None:
         hook = getattr(emb, "_hf_hook", None)

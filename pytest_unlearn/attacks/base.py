@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import re
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -90,7 +91,7 @@ def same_answer(a: str, b: str) -> bool:
 
 # ---------------------------------------------------------------- the base class
 
-class Attack:
+class Attack(ABC):
     """Base class of every attack.  Subclasses set ``name``, ``kind``, ``cost_hint`` and
     ``PARAMS`` (the first is the one a bare value in a spec sets) and implement ``_run``.
 
@@ -200,8 +201,9 @@ class Attack:
                               f"for {len(data)} samples")
         return outcome
 
+    @abstractmethod
     def _run(self, metric: Metric, model: "ModelHandle", data: "Dataset", ctx: AttackContext) -> AttackOutcome:
-        raise NotImplementedError
+        """Score ``data`` under the attack: one value per row (the attack's worst variant)."""
 
     def attacked(self, model: "ModelHandle", data: "Dataset", ctx: AttackContext, only=None):
         """Weight attacks that can start a chain (``quantize+paraphrase``) are generators of
@@ -274,6 +276,9 @@ def register_attack(cls: type[Attack]) -> type[Attack]:
     if cls.kind not in ATTACK_KINDS:
         raise RegistrationError(f"attack {cls.name!r}: kind must be one of {', '.join(ATTACK_KINDS)}, "
                                 f"got {cls.kind!r}")
+    if getattr(cls, "__abstractmethods__", None):
+        raise RegistrationError(f"attack {cls.name!r}: implement {', '.join(sorted(cls.__abstractmethods__))} "
+                                f"(it scores the data under the attack; see docs/extending.md)")
     ATTACKS.register(cls.name, cls)
     return cls
 

@@ -38,7 +38,7 @@ def _offsets(tokenizer, texts: list[str]) -> tuple[list[list[int]], list | None]
         try:
             enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
             return [list(x) for x in enc["input_ids"]], [list(map(tuple, o)) for o in enc["offset_mapping"]]
-        except (NotImplementedError, TypeError, ValueError):
+        except (NotImplementedError, TypeError, ValueError):  # a tokenizer without offset mappings
             pass
     return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]], None
 

@@ -14,7 +14,7 @@ import pytest
 
 import pytest_unlearn
 from pytest_unlearn.attacks import ATTACKS, Attack, AttackOutcome, parse_attack
-from pytest_unlearn.errors import RegistrationError, UnknownNameError
+from pytest_unlearn.errors import AttackError, RegistrationError, UnknownNameError
 from pytest_unlearn.metrics import METRICS, get_metric
 from pytest_unlearn.registry import Registry
 
@@ -154,15 +154,20 @@ def test_register_attack_checks_the_class(fresh_registries):
     class NoKind(Attack):
         name = "acme_nokind"
 
+    class NoRun(Attack):
+        name, kind = "acme_norun", "prompt"
+
     class Fine(Attack):
         name = "acme_fine"
         kind = "weight"
 
         def _run(self, metric, model, data, ctx) -> AttackOutcome:
-            raise NotImplementedError
+            raise AttackError("not used here")
 
     with pytest.raises(RegistrationError, match="kind must be one of"):
         pytest_unlearn.register_attack(NoKind)
+    with pytest.raises(RegistrationError, match="implement _run"):
+        pytest_unlearn.register_attack(NoRun)
     with pytest.raises(RegistrationError, match="Attack subclass"):
         pytest_unlearn.register_attack(object)
     assert pytest_unlearn.register_attack(Fine) is Fine and ATTACKS.get("acme_fine") is Fine
