@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import AttackError
 from ..prompts import dataset_parts
-from .base import Attack, AttackContext, AttackOutcome, _generate_rows, register_attack
+from .base import Attack, AttackContext, AttackOutcome, register_attack
 from .params import Param, as_int
 from .session_memo import _cached, _outcome_key, _store
 from .snapshot import WeightSnapshot, derived_fingerprint
@@ -249,11 +249,6 @@ class Ablate(Attack):
         if self.against != "retain":
             return [self._retain(ctx).content_hash]
         return [ctx.retain.content_hash if ctx.retain is not None else None]
-
-    def generate(self, model, data, rows, ctx, outcome=None):
-        """Greedy answers of the ablated model, generated before the weights are restored."""
-        with self._ablated(model, data, ctx) as (handle, _):
-            return _generate_rows(ctx, handle, data, rows)
 
     def _run(self, metric, model, data, ctx):
         key = _outcome_key(self, metric, model, data, ctx, self.chain_extra(data, ctx))

@@ -10,6 +10,7 @@ before.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import time
@@ -66,8 +67,10 @@ class AttackOutcome:
     parts: list | None = None   # per sample: the attacked PromptParts (prompt attacks), to generate from
 
 
-def _generate_rows(ctx: AttackContext, handle: "ModelHandle", data: "Dataset", rows, parts=None) -> list[str]:
-    """Greedy answers of ``handle`` for some rows (their prompt parts, or ``parts``)."""
+def _generate_rows(ctx: AttackContext, handle: "ModelHandle", data: "Dataset", rows, parts=None,
+                   read=None) -> list:
+    """Greedy answers of ``handle`` for some rows (their prompt parts, or ``parts``), or what
+    ``read(handle, rows_data, parts, names)`` reads from it instead (see :meth:`Attack.generate`)."""
     from ..prompts import dataset_parts
 
     rows = [int(i) for i in rows]
@@ -75,6 +78,8 @@ def _generate_rows(ctx: AttackContext, handle: "ModelHandle", data: "Dataset", r
         base = dataset_parts(data)
         parts = [base[i] for i in rows]
     names = [f"{data.source} sample {data.ids[i]}" for i in rows]
+    if read is not None:
+        return list(read(handle, data.subset(rows), parts, names))
     return list(ctx.scorer.generate(handle, parts, names))
 
 
@@ -218,14 +223,28 @@ class Attack(ABC):
         return []
 
     def generate(self, model: "ModelHandle", data: "Dataset", rows: Sequence[int], ctx: AttackContext,
-                 outcome: AttackOutcome | None = None) -> list[str] | None:
+                 outcome: AttackOutcome | None = None, read=None) -> list | None:
         """Greedy answers to ``rows`` of ``data`` *under this attack*, for failure messages:
         from the attacked prompts that ``outcome`` recorded (prompt attacks), or, for attacks
         that change the weights, on the attacked weights before they are restored.  ``None``
-        where the attack cannot generate (e.g. ``logit_lens`` reads intermediate layers)."""
+        where the attack cannot generate (e.g. ``logit_lens`` reads intermediate layers).
+        ``read(handle, rows_data, parts, names)``, when given, is read from the attacked model
+        instead of greedy answers (the choice a multiple-choice metric counts as picked)."""
+        wanted = [int(i) for i in rows]
         if outcome is not None and outcome.parts is not None:
-            return _generate_rows(ctx, model, data, rows, [outcome.parts[int(i)] for i in rows])
-        return None
+            return _generate_rows(ctx, model, data, wanted, [outcome.parts[i] for i in wanted], read)
+        if type(self).attacked is Attack.attacked:
+            return None
+        # the attacked weights of the variants holding ``rows`` (relearn's folds come from the
+        # session memo, or are trained again: same seed, same weights), restored after each
+        out: dict[int, Any] = {}
+        with contextlib.closing(self.attacked(model, data, ctx, set(wanted))) as variants:
+            for _, variant_rows, handle in variants:
+                held = {int(r) for r in variant_rows}
+                mine = [i for i in wanted if i in held and i not in out]
+                if mine:
+                    out.update(zip(mine, _generate_rows(ctx, handle, data, mine, read=read)))
+        return [out[i] for i in wanted]
 
 
 def _show(value: Any) -> str:

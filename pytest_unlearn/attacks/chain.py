@@ -154,7 +154,7 @@ class Chain(Attack):
         _store(ctx, key, outcome)
         return outcome
 
-    def generate(self, model, data, rows, ctx, outcome=None):
+    def generate(self, model, data, rows, ctx, outcome=None, read=None):
         """Greedy answers under the whole chain: the first step's weights are rebuilt for the
         variants holding ``rows`` (relearn trains those folds again, same seed), the next
         step generates on them, and the weights are put back."""
@@ -171,7 +171,7 @@ class Chain(Attack):
                 if outcome is not None and outcome.parts is not None:
                     inner = AttackOutcome(np.zeros(len(sub)), {}, None, None,
                                           parts=[outcome.parts[int(i)] for i in fold_rows])
-                texts = self.rest.generate(handle, sub, [position[i] for i in mine], ctx, inner)
+                texts = self.rest.generate(handle, sub, [position[i] for i in mine], ctx, inner, read=read)
                 if texts is None:
                     return None
                 out.update(zip(mine, texts))

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import distributed
 from ..errors import AttackError
-from .base import Attack, AttackContext, AttackOutcome, _generate_rows, register_attack
+from .base import Attack, AttackContext, AttackOutcome, register_attack
 from .params import Param, as_bool, as_choice, as_int
 from .session_memo import _cached, _outcome_key, _store
 from .snapshot import WeightSnapshot, derived_fingerprint
@@ -184,15 +184,6 @@ class Quantize(Attack):
         require_in_memory(model.model, f"attack {self.spec}")
         with self._quantized(model, ctx) as (handle, _):
             yield f"{self.method} {self.bits}-bit", np.arange(len(data)), handle
-
-    def generate(self, model, data, rows, ctx, outcome=None):
-        """Greedy answers of the quantized model, generated before the weights are restored."""
-        from ..models import require_in_memory
-
-        self._check_bnb(model)
-        require_in_memory(model.model, f"attack {self.spec}")
-        with self._quantized(model, ctx) as (handle, _):
-            return _generate_rows(ctx, handle, data, rows)
 
     def _run(self, metric, model, data, ctx):
         from ..models import require_in_memory

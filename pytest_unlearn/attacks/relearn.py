@@ -23,7 +23,7 @@ from .. import distributed
 from ..cache import cache_key
 from ..errors import AttackError
 from ..prompts import dataset_parts
-from .base import Attack, AttackContext, AttackOutcome, _generate_rows, normalise_answer, register_attack
+from .base import Attack, AttackContext, AttackOutcome, normalise_answer, register_attack
 from .params import Param, as_bool, as_float, as_int
 from .session_memo import _cached, _outcome_key, _store, memo_for
 from .snapshot import WeightSnapshot, derived_fingerprint
@@ -310,20 +310,6 @@ class Relearn(Attack):
     def chain_extra(self, data, ctx) -> list:
         """What besides the spec, seed, model and data decides the relearned weights."""
         return [t.content_hash for _, _, t, _ in self._plan(data, ctx)]
-
-    def generate(self, model, data, rows, ctx, outcome=None):
-        """Greedy answers of the relearned model: each row's fold weights are applied from the
-        session memo (or trained again: same seed, same weights), the row generated, the
-        weights restored."""
-        from ..models import require_in_memory
-
-        require_in_memory(model.model, f"attack {self.spec}")
-        wanted = [int(i) for i in rows]
-        out: dict[int, str] = {}
-        for _, fold_rows, handle in self._trained_folds(model, self._plan(data, ctx), ctx, set(wanted)):
-            mine = [i for i in wanted if i in set(int(r) for r in fold_rows)]
-            out.update(zip(mine, _generate_rows(ctx, handle, data, mine)))
-        return [out[i] for i in wanted]
 
     def _run(self, metric, model, data, ctx):
         from ..models import require_in_memory

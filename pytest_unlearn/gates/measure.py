@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ..suite import Suite
 
 __all__ = ["Measurement", "controls_of", "measure_forgetting", "measure_retained", "generate", "generate_under",
-           "picks", "picks_under"]
+           "picks"]
 
 
 @dataclass
@@ -122,27 +122,52 @@ def generate(suite: "Suite", handle, dataset, positions: list[int]) -> list[str]
         return [f"<generation failed: {type(exc).__name__}: {exc}>"] * len(positions)
 
 
-def generate_under(suite: "Suite", attack, handle, dataset, positions: list[int], outcome) -> list[str] | None:
-    """Greedy answers under an attack (``Attack.generate``); ``None`` where the attack cannot
-    generate; a failure is shown, never raised over the verdict."""
+def generate_under(suite: "Suite", attack, handle, dataset, positions: list[int], outcome,
+                   *, picks_of: "Metric | None" = None) -> list | str | None:
+    """Greedy answers under an attack (``Attack.generate``), or with ``picks_of`` (a
+    multiple-choice metric) the choice each sample is counted as picking, read from the metric's
+    own pass on the attacked prompts or weights.  ``None`` where the attack cannot be re-run
+    (``logit_lens``); a failure is shown, never raised over the verdict."""
     ctx = suite.attack_context()
-    # a weight attack generates on its attacked weights (relearn would train its folds again in a
-    # new session): the texts are cached by everything that made them; prompt attacks generate
-    # through the scorer, which caches them already
+    # a weight attack re-runs on its attacked weights (relearn would train its folds again in a
+    # new session): the result is cached by everything that made it; prompt attacks run through
+    # the scorer, which caches them already
     key = _attacked_generation_key(attack, handle, dataset, positions, ctx) if attack.kind != "prompt" else None
+    if key is not None and picks_of is not None:
+        key = f"attack-picks:{picks_of.name}:{key}"
     hit = ctx.cache.get(key) if key is not None and ctx.cache is not None else None
     if hit is not None:
-        return None if not bool(hit["generated"][0]) else [str(t) for t in hit["text"]]
+        return None if not bool(hit["generated"][0]) else _as_found(hit["text"], picks_of)
     try:
-        texts = attack.generate(handle, dataset, positions, ctx, outcome)
+        if picks_of is None:
+            found = attack.generate(handle, dataset, positions, ctx, outcome)
+        else:
+            found = attack.generate(handle, dataset, positions, ctx, outcome,
+                                    read=_picks_reader(ctx.scorer, picks_of))
     except Exception as exc:  # noqa: BLE001 - the message must still come out
+        if picks_of is not None:
+            return f"<reading the picked choice under {attack.spec} failed: {type(exc).__name__}: {exc}>"
         return [f"<generation under {attack.spec} failed: {type(exc).__name__}: {exc}>"] * len(positions)
     if key is not None and ctx.cache is not None:
         import numpy as np
 
-        ctx.cache.put(key, {"generated": np.array([texts is not None]),
-                            "text": np.array([str(t) for t in texts or []], dtype=str)})
-    return None if texts is None else [str(t) for t in texts]
+        ctx.cache.put(key, {"generated": np.array([found is not None]),
+                            "text": np.array([str(t) for t in found or []], dtype=str)})
+    return None if found is None else _as_found(found, picks_of)
+
+
+def _as_found(values, picks_of) -> list:
+    return [int(v) for v in values] if picks_of is not None else [str(v) for v in values]
+
+
+def _picks_reader(scorer, m: "Metric"):
+    """``Attack.generate``'s ``read``: the choices ``m`` counts as picked by an attacked model."""
+    from ..multiple_choice import picked_choices
+
+    def read(handle, rows_data, parts, names) -> list[int]:
+        return picked_choices(scorer, m, handle, rows_data, parts, names)
+
+    return read
 
 
 def picks(suite: "Suite", m: "Metric", handle, dataset, positions: list[int]) -> list[int] | str:
@@ -159,67 +184,6 @@ def picks(suite: "Suite", m: "Metric", handle, dataset, positions: list[int]) ->
                               [f"{dataset.source} sample {dataset.ids[i]}" for i in positions])
     except Exception as exc:  # noqa: BLE001 - the message must still come out
         return f"<reading the picked choice failed: {type(exc).__name__}: {exc}>"
-
-
-def picks_under(suite: "Suite", m: "Metric", attack, handle, dataset, positions: list[int],
-                outcome) -> list[int] | str | None:
-    """The choices picked *under an attack*: on the prompts a prompt attack recorded, on the weights a
-    weight attack hands over (quantize, relearn, ablate and chains of them; a chain that ends in a
-    prompt attack asks its recorded prompts on the first steps' weights).  ``None`` where the attack
-    neither records prompts nor hands over weights (``logit_lens``); a failure is returned as text."""
-    from ..multiple_choice import picked_choices
-    from ..prompts import dataset_parts
-
-    parts = outcome.parts if outcome is not None and getattr(outcome, "parts", None) is not None else None
-    weights = _weight_steps(attack, prompts_recorded=parts is not None)
-    if weights is False or (weights is None and parts is None):
-        return None
-    ctx = suite.attack_context()
-    key = _attacked_generation_key(attack, handle, dataset, positions, ctx) if weights is not None else None
-    if key is not None:
-        key = f"picks:{m.name}:{key}"
-        hit = ctx.cache.get(key) if ctx.cache is not None else None
-        if hit is not None:
-            return [int(v) for v in hit["picked"]]
-    base = parts if parts is not None else dataset_parts(dataset)
-
-    def read(h, rows: list[int]) -> list[int]:
-        return picked_choices(ctx.scorer, m, h, dataset.subset(rows), [base[i] for i in rows],
-                              [f"{dataset.source} sample {dataset.ids[i]}" for i in rows])
-
-    try:
-        if weights is None:
-            return read(handle, list(positions))
-        out: dict[int, int] = {}
-        for _, rows, attacked in weights.attacked(handle, dataset, ctx, set(positions)):
-            held = {int(i) for i in rows}
-            mine = [i for i in positions if i in held and i not in out]
-            if mine:
-                out.update(zip(mine, read(attacked, mine)))
-        found = [out[i] for i in positions]
-    except Exception as exc:  # noqa: BLE001 - the message must still come out
-        return f"<reading the picked choice under {attack.spec} failed: {type(exc).__name__}: {exc}>"
-    if ctx.cache is not None:
-        import numpy as np
-
-        ctx.cache.put(key, {"picked": np.array(found, dtype=np.int64)})
-    return found
-
-
-def _weight_steps(attack, prompts_recorded: bool):
-    """The part of ``attack`` that hands over attacked weights (``None``: a prompt attack, no
-    weights; ``False``: it cannot be reproduced outside the attack, e.g. ``logit_lens``)."""
-    from ..attacks.base import Attack
-    from ..attacks.chain import Chain
-
-    if attack.kind == "prompt":
-        return None
-    steps = list(attack.steps) if isinstance(attack, Chain) else [attack]
-    if steps[-1].kind == "prompt" and prompts_recorded and len(steps) > 1:
-        steps = steps[:-1]  # the recorded prompts, asked on the weights of the steps before
-    if not all(type(s).attacked is not Attack.attacked for s in steps):
-        return False
-    return steps[0] if len(steps) == 1 else Chain(steps)
 
 
 def _attacked_generation_key(attack, handle, dataset, positions: list[int], ctx) -> str:

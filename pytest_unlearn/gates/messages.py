@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..formatting import number as fmt, text_table
-from .measure import generate, generate_under, picks, picks_under
+from .measure import generate, generate_under, picks
 from .record import short
 from .verdict import BOOTSTRAP_RESAMPLES
 
@@ -87,8 +87,8 @@ def _choice_samples(suite: "Suite", meas: "Measurement", fig: "Figures", chosen:
         if comps[fig.worst_at[i]] != "none":
             by_attack.setdefault(comps[fig.worst_at[i]], []).append(k)
     for label, ks in by_attack.items():
-        got = picks_under(suite, m, meas.attacks[label], meas.handle, dataset, [chosen[k] for k in ks],
-                          meas.outcomes.get(label))
+        got = generate_under(suite, meas.attacks[label], meas.handle, dataset, [chosen[k] for k in ks],
+                             meas.outcomes.get(label), picks_of=m)
         if got is not None:
             for k, value in zip(ks, aligned(got, len(ks))):
                 picked[k], under[k] = value, label
