@@ -23,7 +23,6 @@ sequence (a forward-backward sequence counted as three).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 import time
@@ -37,25 +36,9 @@ DEFAULT_ATTACKS = "gcg;gcg:mode=sample;gcg:position=prefix;gcg:mode=sample,posit
 
 def unlearned_model(original, forget):
     """The original after 10 steps of gradient ascent on the forget set (as the tests)."""
-    import torch
+    from pytest_unlearn.toy import ascent_unlearned
 
-    from pytest_unlearn.models import handle_from_objects
-    from pytest_unlearn.prompts import dataset_parts
-    from pytest_unlearn.scoring import Scorer
-    from pytest_unlearn.training import collate, pad_id, seeded_batches, sequence_nll
-
-    model = copy.deepcopy(original.model)
-    encoded = Scorer().encode(original, dataset_parts(forget))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    torch.manual_seed(0)
-    model.train()
-    for idx in seeded_batches(len(encoded), 4, 10, seed=0):
-        loss = -sequence_nll(model, collate(encoded, idx, pad_id(original.tokenizer), "cpu")).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    return handle_from_objects(model, original.tokenizer, name="unlearned")
+    return ascent_unlearned(original, forget)
 
 
 def smollm2_shape(attacks, labels) -> None:

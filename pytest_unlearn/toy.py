@@ -133,6 +133,33 @@ _JOBS = ["glassblower", "cartographer", "beekeeper", "clockmaker", "lighthouse k
          "astronomer", "bookbinder", "ferry pilot", "cheese maker", "stonemason", "perfumer"]
 
 
+def ascent_unlearned(original, forget, *, steps: int = 10, lr: float = 1e-3, batch_size: int = 4,
+                     seed: int = 0, name: str = "unlearned"):
+    """A copy of ``original`` (a handle) after ``steps`` of plain gradient ascent on the answers
+    of ``forget`` (a dataset): on a toy world its forget ES drops to about 0 while the knowledge
+    is only suppressed, which is what attacks are tested on."""
+    import copy
+
+    import torch
+
+    from .models import handle_from_objects
+    from .prompts import dataset_parts
+    from .scoring import Scorer
+    from .training import collate, pad_id, seeded_batches, sequence_nll
+
+    model = copy.deepcopy(original.model)
+    encoded = Scorer().encode(original, dataset_parts(forget))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    torch.manual_seed(seed)
+    model.train()
+    for idx in seeded_batches(len(encoded), batch_size, steps, seed=seed):
+        loss = -sequence_nll(model, collate(encoded, idx, pad_id(original.tokenizer), "cpu")).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return handle_from_objects(model, original.tokenizer, name=name)
+
+
 def toy_facts(n: int, *, seed: int = 0) -> list[dict]:
     """``n`` invented TOFU-style QA records (with paraphrases and perturbed answers)."""
     import random

@@ -4,7 +4,6 @@ an "unlearned" model still holds."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -25,7 +24,6 @@ from pytest_unlearn.errors import AttackError, UnknownNameError  # noqa: E402
 from pytest_unlearn.models import handle_from_objects, load_model  # noqa: E402
 from pytest_unlearn.prompts import dataset_parts  # noqa: E402
 from pytest_unlearn.scoring import Scorer  # noqa: E402
-from pytest_unlearn.training import collate, pad_id, seeded_batches, sequence_nll  # noqa: E402
 
 NAMES = {"jailbreak", "prefill", "paraphrase", "icl", "noise", "quantize", "relearn", "logit_lens", "gcg", "ablate"}
 
@@ -46,18 +44,9 @@ def world(toy_world):
 def unlearned(world):
     """The original after 10 steps of gradient ascent on the forget set: forget ES drops
     to ~0, but the knowledge is only suppressed."""
-    original, forget = world["original"], world["forget"]
-    model = copy.deepcopy(original.model)
-    encoded = Scorer().encode(original, dataset_parts(forget))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    torch.manual_seed(0)
-    model.train()
-    for idx in seeded_batches(len(encoded), 4, 10, seed=0):
-        loss = -sequence_nll(model, collate(encoded, idx, pad_id(original.tokenizer), "cpu")).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return handle_from_objects(model, original.tokenizer, name="unlearned")
+    from pytest_unlearn.toy import ascent_unlearned
+
+    return ascent_unlearned(world["original"], world["forget"])
 
 
 @pytest.fixture(scope="module")
