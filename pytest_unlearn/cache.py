@@ -35,6 +35,32 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def source_fingerprint(*modules: str, files=()) -> str:
+    """SHA-256 (16 hex digits) of the source code of ``modules`` (names inside ``pytest_unlearn``,
+    e.g. ``"training"``; a package counts with every ``.py`` file under it) and of ``files``.
+
+    A key part for results cached outside :class:`ResultCache` (the example suites' built
+    models): it changes whenever the code that produced them does, so a model trained by older
+    code is rebuilt, never reused.  A missing module or file is an error."""
+    package = Path(__file__).resolve().parent
+    paths: list[Path] = []
+    for name in modules:
+        folder, single = package / name.replace(".", "/"), package / (name.replace(".", "/") + ".py")
+        if folder.is_dir():
+            paths += sorted(folder.rglob("*.py"))
+        elif single.is_file():
+            paths.append(single)
+        else:
+            raise FileNotFoundError(f"source_fingerprint: no module {name!r} in {package}")
+    paths += [Path(f) for f in files]
+    digest = hashlib.sha256()
+    for path in paths:
+        inside = path.resolve().is_relative_to(package)
+        digest.update(str(path.resolve().relative_to(package) if inside else path.name).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(arrays):

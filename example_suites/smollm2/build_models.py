@@ -19,8 +19,9 @@ dequantised to float32):
   does not wait for them.
 
 Every model is cached: its folder holds ``build-info.json`` with a key that hashes the
-build configuration, the data files and the models it was made from, and a model whose
-key still matches is reused.  Progress is printed while it runs: a line per model (model k
+build configuration, the data files, the models it was made from and the source code that
+trains it (this script, ``pytest_unlearn``'s training, prompt and forward code, and for the
+candidates ``pytest_unlearn.methods``), and a model whose key still matches is reused.  Progress is printed while it runs: a line per model (model k
 of n, what it is trained on, an estimate of its time and of the build's), a line every
 sixth of its steps (step k of n, loss, seconds per step, time left) and its ES at the end;
 estimates are the seconds per sequence pass measured so far times the passes left.  Fine-tuning uses an answer-only loss on the very tokens the suite
@@ -263,6 +264,7 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
           only: list[str] | None = None, quiet: bool = False, suite: str = "main") -> dict:
     """Build what is missing for ``suite`` (``main`` or ``multiple_choice``: its candidates besides);
     return {name: path}.  ``check``: only report what is stale."""
+    from pytest_unlearn.cache import source_fingerprint
     from pytest_unlearn.data import load_dataset
     from pytest_unlearn.models import load_model, smollm2_gguf_path
 
@@ -270,14 +272,17 @@ def build(*, force: bool = False, check: bool = False, device: str = "cpu", thre
     gguf = smollm2_gguf_path()
     base_id = {"file": gguf.name, "sha256": sha256_file(gguf)}
     keys, folders = {}, {}
-    keys["reference"] = key_of(BUILD_VERSION, base_id, FINETUNE["reference"],
+    # the code that trains the models is part of every key: a change to it rebuilds, never reuses
+    code = source_fingerprint("training", "prompts", "forward", files=[Path(__file__)])
+    keys["reference"] = key_of(BUILD_VERSION, code, base_id, FINETUNE["reference"],
                                [data[n].content_hash for n in FINETUNE["reference"]["data"]])
     keys["original"] = key_of(BUILD_VERSION, keys["reference"], FINETUNE["original"],
                               [data[n].content_hash for n in FINETUNE["original"]["data"]])
     folders["reference"], folders["original"] = MODELS / "reference", MODELS / "original"
     candidates = candidates_of(suite)
     for name, cfg in candidates.items():
-        keys[name] = key_of(BUILD_VERSION, keys["original"], cfg, data["forget"].content_hash,
+        keys[name] = key_of(BUILD_VERSION, source_fingerprint("methods"), keys["original"], cfg,
+                            data["forget"].content_hash,
                             data["retain"].content_hash)
         folders[name] = MODELS / "candidates" / name
     wanted = list(keys) if not only else [n for n in keys if n in only]

@@ -14,7 +14,9 @@ The scenario is the SmolLM2 suite's in miniature, on a 2-layer Llama trained fro
 * ``candidates/<name>``: the original unlearned with ``pytest_unlearn.methods`` (``CANDIDATES``).
 
 Each model folder holds ``build-info.json`` with a key hashing the build configuration, the
-data files and the models it was made from; a folder whose key matches is reused.
+data files, the models it was made from and the source code that trains them (this script and
+``pytest_unlearn``'s toy, training, prompt, forward and methods code); a folder whose key
+matches is reused.
 """
 
 from __future__ import annotations
@@ -80,11 +82,14 @@ def save(model, tokenizer, folder: Path, key: str, **info) -> None:
 
 def build(*, force: bool = False, quiet: bool = False) -> dict:
     """Build what is missing; return {name: path} for original, reference and every candidate."""
+    from pytest_unlearn.cache import source_fingerprint
     from pytest_unlearn.data import load_dataset
 
     data = {n: load_dataset(DATA / f"{n}.jsonl", name=n) for n in ("forget", "retain", "holdout")}
     hashes = {n: d.content_hash for n, d in data.items()}
-    base = key_of(BUILD_VERSION, TOKENIZER, ARCHITECTURE, hashes)
+    # the code that trains the models is part of every key: a change to it rebuilds, never reuses
+    code = source_fingerprint("toy", "training", "prompts", "forward", "methods", files=[Path(__file__)])
+    base = key_of(BUILD_VERSION, code, TOKENIZER, ARCHITECTURE, hashes)
     keys = {"original": key_of(base, TRAIN, "forget+retain"), "reference": key_of(base, TRAIN, "retain")}
     folders = {"original": MODELS / "original", "reference": MODELS / "reference"}
     for name, cfg in CANDIDATES.items():

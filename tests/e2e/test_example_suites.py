@@ -119,6 +119,17 @@ def test_tiny_suite_gives_the_expected_verdicts(tiny_built, tmp_path):
     assert "### Model npo" in md
 
 
+def test_tiny_models_built_by_other_code_are_rebuilt(tiny_built, tmp_path):
+    """The build cache is keyed by the code that trains the models, not only by their
+    configuration: after an edit of the build script every model is built again."""
+    suite = _copy(tiny_built, tmp_path / "tiny")
+    script = suite / "build_models.py"
+    script.write_text(script.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    proc = _run(["build_models.py"], suite, 900)
+    assert proc.returncode == 0, _show(proc)
+    assert "building original, reference, idk, npo" in proc.stdout, _show(proc)
+
+
 def test_tiny_suite_reports_unexpected_verdicts(tiny_built, tmp_path):
     """--expected-verdicts fails the run when an outcome differs from the declared one."""
     suite = _copy(tiny_built, tmp_path / "tiny")

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from pytest_unlearn.cache import ResultCache, cache_key
+from pytest_unlearn.cache import ResultCache, cache_key, source_fingerprint
 
 
 def _arrays(seed=0):
@@ -34,6 +34,48 @@ def test_roundtrip_and_hit_counts(tmp_path):
 def test_key_depends_on_every_part():
     assert cache_key("a", 1) != cache_key("a", 2) != cache_key("b", 2)
     assert cache_key("a", {"x": 1, "y": 2}) == cache_key("a", {"y": 2, "x": 1})
+
+
+def test_source_fingerprint_follows_the_code(tmp_path):
+    """A model built by older code must not be reused: the fingerprint changes with any byte of
+    the files it covers, and is stable otherwise."""
+    script = tmp_path / "build.py"
+    script.write_text("STEPS = 18\n")
+    first = source_fingerprint("training", files=[script])
+    assert first == source_fingerprint("training", files=[script])
+    assert len(first) == 16 and int(first, 16) >= 0
+    script.write_text("STEPS = 19\n")
+    assert source_fingerprint("training", files=[script]) != first
+    assert source_fingerprint("training") != source_fingerprint("forward")
+    # a package counts with all its files: the methods package differs from its __init__ alone
+    assert source_fingerprint("methods") != source_fingerprint(files=[_package_file("methods/__init__.py")])
+
+
+def test_source_fingerprint_covers_every_file_of_a_package(tmp_path, monkeypatch):
+    import pytest_unlearn.cache as cache
+
+    package = tmp_path / "pkg"
+    (package / "methods" / "sub").mkdir(parents=True)
+    (package / "methods" / "__init__.py").write_text("")
+    (package / "methods" / "sub" / "deep.py").write_text("A = 1\n")
+    (package / "cache.py").write_text("")
+    monkeypatch.setattr(cache, "__file__", str(package / "cache.py"))
+    before = source_fingerprint("methods")
+    (package / "methods" / "sub" / "deep.py").write_text("A = 2\n")
+    assert source_fingerprint("methods") != before
+
+
+def test_source_fingerprint_refuses_an_unknown_module():
+    with pytest.raises(FileNotFoundError, match="no module 'trainig'"):
+        source_fingerprint("trainig")
+
+
+def _package_file(relative: str):
+    from pathlib import Path
+
+    import pytest_unlearn
+
+    return Path(pytest_unlearn.__file__).parent / relative
 
 
 def test_disabled_cache_neither_reads_nor_writes(tmp_path):
