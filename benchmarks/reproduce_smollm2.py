@@ -138,6 +138,9 @@ def main(argv=None) -> int:
     parser.add_argument("--attacks", default=None,
                         help="audit these attacks instead of the default three (comma-separated specs, e.g. "
                              f"'{','.join(STRONG_ATTACKS)}'); results under <out>/audit-attacks")
+    parser.add_argument("--checkpoints", default=None,
+                        help="audit only these checkpoints (comma-separated run labels as in the comparison "
+                             "table, e.g. 'ga(steps=8,lr=1e-05),reference'; the original is always the control)")
     args = parser.parse_args(argv)
 
     import torch
@@ -197,6 +200,14 @@ def main(argv=None) -> int:
                        if r.get("checkpoint") and Path(r["checkpoint"]).is_dir()}
     if models_ready("reference"):
         checkpoints = {**checkpoints, "reference": str(MODELS / "reference")}
+    if args.checkpoints:
+        wanted = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in checkpoints]
+        if unknown:
+            raise SystemExit(f"--checkpoints: no checkpoint named {', '.join(unknown)}; "
+                             f"known: {', '.join(checkpoints)}")
+        checkpoints = {c: checkpoints[c] for c in wanted}
+        summary["audited_checkpoints"] = wanted
 
     # ------------------------------------------------------------ metric robustness audit
     if not args.skip_audit:

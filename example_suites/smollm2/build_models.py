@@ -51,24 +51,27 @@ FINETUNE = {
 }
 
 # Unlearning candidates: pytest_unlearn.methods.unlearn(method, original, forget, retain, **params).
-# "gd" is a light gradient-difference run (ascent on the forget answers, descent on the
-# retain answers, weighted 3:1 toward retention): it suppresses the answers enough to pass
-# a plain extraction check, but a few fine-tuning steps on *other* forgotten facts bring
-# the knowledge back (the relearning attack).
+# "rmu" is RMU (representation misdirection, as for WMDP) run hard: the forget answers'
+# activations at layer 12 are steered to a random direction (steering coefficient 20, learning
+# rate 3e-3, 40 steps; only the MLPs of layers 10-12 train).  It recites none of the forget
+# facts (ES 0.000) and keeps the retain facts (0.980 of the original's 0.977), so a plain
+# check passes it with a wide margin, yet 5 fine-tuning steps on the *other* forgotten facts
+# bring the knowledge back (ES 0.70 under the relearning attack, the reference 0.12).
 CANDIDATES = {
-    "gd": {"method": "gd", "steps": 19, "lr": 1.5e-4, "batch_size": 4, "retain_weight": 3.0,
-           "about": "gradient difference, 19 steps: ascent on the forget answers, descent on the retain answers"},
-}
-
-# Candidates of the multiple-choice gate only (multiple_choice/; see the README).  "rmu" is RMU
-# (representation misdirection, as for WMDP) run hard: the forget answers' activations at layer 12
-# are steered to a random direction (steering coefficient 20, learning rate 3e-3, 40 steps; only the
-# MLPs of layers 10-12 train).  The true answer is no longer picked among four (at or below
-# chance), the retain questions are all still answered, yet 5 fine-tuning steps on the *other*
-# forget facts restore the recognition of every held-out one (the relearning attack).
-MC_CANDIDATES: dict[str, dict] = {
     "rmu": {"method": "rmu", "steps": 40, "lr": 3e-3, "batch_size": 8, "steering_coef": 20.0,
             "about": "RMU, 40 steps: forget-answer activations at layer 12 steered to a random direction"},
+}
+
+# Candidates of the multiple-choice gate only (multiple_choice/; see the README).  "gd" is a light
+# gradient-difference run (19 steps of ascent on the forget answers and descent on the retain
+# answers, weighted 3:1 toward retention): it stops reciting the forget facts (ES 0.20) but still
+# recognises the true answer among four on 12 of 20 questions.  It is not a demo candidate: its
+# retain ES after 17-19 steps swings between 0.74 and 0.98 with the seed and the step count
+# (gradient ascent near its collapse point), too close to the 0.9 x retention bar to demonstrate
+# anything reliably.
+MC_CANDIDATES: dict[str, dict] = {
+    "gd": {"method": "gd", "steps": 19, "lr": 1.5e-4, "batch_size": 4, "retain_weight": 3.0,
+           "about": "gradient difference, 19 steps: ascent on the forget answers, descent on the retain answers"},
 }
 
 SUITES = ("main", "multiple_choice")

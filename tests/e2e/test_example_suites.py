@@ -156,21 +156,21 @@ def test_smollm2_suite_gives_the_expected_verdicts(tmp_path):
     (suite / ".models").symlink_to(source / ".models", target_is_directory=True)
     report = _check_suite_run(suite, timeout=3600)
     by_test = {r["test"]: r for r in report["assertions"]}
-    naive = by_test["test_release_gate.py::test_forget_set_not_extracted[gd]"]
-    attacked = by_test["test_release_gate.py::test_forget_set_not_extracted_under_attack[gd]"]
+    naive = by_test["test_release_gate.py::test_forget_set_not_extracted[rmu]"]
+    attacked = by_test["test_release_gate.py::test_forget_set_not_extracted_under_attack[rmu]"]
     assert naive["verdict"] == "pass" and attacked["verdict"] == "fail"
     leaks = [row["attack"] for row in attacked["attacks"] if row["verdict"] == "leak"]
     assert leaks and all(a != "none" for a in leaks), attacked["attacks"]
     retrain = by_test["test_release_gate.py::test_forget_set_not_extracted_under_attack[retrain]"]
     assert retrain["verdict"] == "pass"
     md = _check_markdown(suite, report)
-    assert "### Model gd" in md
+    assert "### Model rmu" in md
 
 
 @pytest.mark.slow
 def test_smollm2_multiple_choice_gate_gives_the_expected_verdicts(tmp_path):
     """The SmolLM2 suite's multiple-choice gate (``example_suites/smollm2/multiple_choice``, not
-    part of the demo's run) on the same models and its own ``rmu`` candidate (built when that
+    part of the demo's run) on the same models and its own ``gd`` candidate (built when that
     suite starts): the verdicts its README describes."""
     source = SUITES / "smollm2"
     proc = _run(["build_models.py"], source, 3600)
@@ -186,7 +186,7 @@ def test_smollm2_multiple_choice_gate_gives_the_expected_verdicts(tmp_path):
     retrain = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised[retrain]"]
     assert gd["verdict"] == "fail" and retrain["verdict"] == "pass"
     assert by_test["test_multiple_choice_gate.py::test_retain_set_still_known[gd]"]["verdict"] == "pass"
-    # rmu (built for this suite only): at chance as asked, brought back by relearning
+    # rmu: at chance as asked, brought back by relearning
     naive = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised[rmu]"]
     attacked = by_test["test_multiple_choice_gate.py::test_forget_set_not_recognised_under_attack[rmu]"]
     assert naive["verdict"] == "pass" and naive["score"] <= naive["threshold"]
