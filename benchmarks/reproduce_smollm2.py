@@ -201,7 +201,10 @@ def main(argv=None) -> int:
     if models_ready("reference"):
         checkpoints = {**checkpoints, "reference": str(MODELS / "reference")}
     if args.checkpoints:
-        wanted = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
+        import re
+
+        # commas inside a label's parentheses belong to the label
+        wanted = [c.strip() for c in re.split(r",(?![^()]*\))", args.checkpoints) if c.strip()]
         unknown = [c for c in wanted if c not in checkpoints]
         if unknown:
             raise SystemExit(f"--checkpoints: no checkpoint named {', '.join(unknown)}; "
