@@ -18,14 +18,15 @@ dequantised to float32):
   only for that suite (``--suite multiple_choice``, as its ``conftest.py`` asks), so the demo
   does not wait for them.
 
-Every model is cached: its folder holds ``build-info.json`` with a key that hashes the
-build configuration, the data files, the models it was made from and the source code that
-trains it (this script, ``pytest_unlearn``'s training, prompt and forward code, and for the
-candidates ``pytest_unlearn.methods``), and a model whose key still matches is reused.  Progress is printed while it runs: a line per model (model k
-of n, what it is trained on, an estimate of its time and of the build's), a line every
-sixth of its steps (step k of n, loss, seconds per step, time left) and its ES at the end;
-estimates are the seconds per sequence pass measured so far times the passes left.  Fine-tuning uses an answer-only loss on the very tokens the suite
-scores (the tokenizer's chat template), float32, on the CPU unless ``--device cuda``.
+Every model is cached: its folder holds ``build-info.json`` with a key that hashes the build
+configuration, the data files, the models it was made from and the source code that trains it
+(this script, ``pytest_unlearn``'s training, prompt and forward code, and for the candidates
+``pytest_unlearn.methods``), and a model whose key still matches is reused. Progress is
+printed while it runs: a line per model (model k of n, what it is trained on, an estimate of
+its time and of the build's), a line every sixth of its steps (step k of n, loss, seconds per
+step, time left) and its ES at the end; estimates are the seconds per sequence pass measured
+so far times the passes left. Fine-tuning uses an answer-only loss on the very tokens the
+suite scores (the tokenizer's chat template), float32, on the CPU unless ``--device cuda``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ FINETUNE = {
 # "rmu" is RMU (representation misdirection, as for WMDP) run hard: the forget answers'
 # activations at layer 12 are steered to a random direction (steering coefficient 20, learning
 # rate 3e-3, 40 steps; only the MLPs of layers 10-12 train).  It recites none of the forget
-# facts (ES 0.000) and keeps the retain facts (0.980 of the original's 0.977), so a plain
+# facts (ES 0.000) and keeps the retain facts (ES 0.980; the original 0.977), so a plain
 # check passes it with a wide margin, yet 5 fine-tuning steps on the *other* forgotten facts
 # bring the knowledge back (ES 0.70 under the relearning attack, the reference 0.12).
 CANDIDATES = {
