@@ -141,6 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoints", default=None,
                         help="audit only these checkpoints (comma-separated run labels as in the comparison "
                              "table, e.g. 'ga(steps=8,lr=1e-05),reference'; the original is always the control)")
+    parser.add_argument("--splits", default="forget,retain",
+                        help="the audit's splits (comma-separated: forget, retain)")
     args = parser.parse_args(argv)
 
     import torch
@@ -221,8 +223,11 @@ def main(argv=None) -> int:
         audit_name = "audit-attacks" if args.attacks else "audit"
         log(f"audit: {len(checkpoints)} checkpoints + the original as control; metrics {', '.join(AUDIT_METRICS)}; "
             f"attacks {', '.join(attacks)}; forget {len(forget)} rows, retain {len(retain_rows)} rows")
+        splits = [x.strip() for x in args.splits.split(",") if x.strip()]
+        summary["splits"] = splits
         result = audit_metrics(original, checkpoints, forget, retain_rows, metrics=AUDIT_METRICS, attacks=attacks,
-                               scorer=scorer, seed=args.seed, progress=True, device="cpu", dtype="float32")
+                               scorer=scorer, seed=args.seed, progress=True, device="cpu", dtype="float32",
+                               splits=splits)
         summary["timings_s"]["audit"] = round(time.perf_counter() - t, 1)
         result.save(out / audit_name)
         summary["audit"] = {"recommendation": result.recommendation, "ranking": _records(result.ranking),
