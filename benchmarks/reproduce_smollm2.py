@@ -140,7 +140,7 @@ def main(argv=None) -> int:
                              f"'{','.join(STRONG_ATTACKS)}'); results under <out>/audit-attacks")
     parser.add_argument("--checkpoints", default=None,
                         help="audit only these checkpoints (comma-separated run labels as in the comparison "
-                             "table, e.g. 'ga(steps=8,lr=1e-05),reference'; the original is always the control)")
+                             "table, e.g. 'ga(batch_size=4,lr=1e-05,steps=8),reference'; the original is always the control)")
     parser.add_argument("--splits", default="forget,retain",
                         help="the audit's splits (comma-separated: forget, retain)")
     args = parser.parse_args(argv)
@@ -221,10 +221,11 @@ def main(argv=None) -> int:
         retain_rows = Dataset(frame.reset_index(drop=True), retain.kind, name="retain", source=retain.source)
         attacks = _attacks(args)
         audit_name = "audit-attacks" if args.attacks else "audit"
-        log(f"audit: {len(checkpoints)} checkpoints + the original as control; metrics {', '.join(AUDIT_METRICS)}; "
-            f"attacks {', '.join(attacks)}; forget {len(forget)} rows, retain {len(retain_rows)} rows")
         splits = [x.strip() for x in args.splits.split(",") if x.strip()]
         summary["splits"] = splits
+        rows = {"forget": len(forget), "retain": len(retain_rows)}
+        log(f"audit: {len(checkpoints)} checkpoints + the original as control; metrics {', '.join(AUDIT_METRICS)}; "
+            f"attacks {', '.join(attacks)}; " + ", ".join(f"{s} {rows.get(s, '?')} rows" for s in splits))
         result = audit_metrics(original, checkpoints, forget, retain_rows, metrics=AUDIT_METRICS, attacks=attacks,
                                scorer=scorer, seed=args.seed, progress=True, device="cpu", dtype="float32",
                                splits=splits)
