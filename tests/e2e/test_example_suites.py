@@ -144,16 +144,23 @@ def test_tiny_suite_reports_unexpected_verdicts(tiny_built, tmp_path):
     assert "not run" in proc.stdout  # the other expected tests were deselected
 
 
-@pytest.mark.slow
-def test_smollm2_suite_gives_the_expected_verdicts(tmp_path):
-    """The demo's suite end to end: models built (or reused) in the suite's own .models/,
-    the suite run from a copy, the verdicts its README describes."""
+def _smollm2_copy(tmp_path: Path) -> Path:
+    """A copy of the SmolLM2 suite whose ``.models`` links to the suite's own, built (or
+    reused) by its build script first."""
     source = SUITES / "smollm2"
     proc = _run(["build_models.py"], source, 3600)
     assert proc.returncode == 0, _show(proc)
     suite = tmp_path / "smollm2"
     shutil.copytree(source, suite, ignore=SKIP)
     (suite / ".models").symlink_to(source / ".models", target_is_directory=True)
+    return suite
+
+
+@pytest.mark.slow
+def test_smollm2_suite_gives_the_expected_verdicts(tmp_path):
+    """The demo's suite end to end: models built (or reused) in the suite's own .models/,
+    the suite run from a copy, the verdicts its README describes."""
+    suite = _smollm2_copy(tmp_path)
     report = _check_suite_run(suite, timeout=3600)
     by_test = {r["test"]: r for r in report["assertions"]}
     naive = by_test["test_release_gate.py::test_forget_set_not_extracted[rmu]"]
@@ -172,12 +179,7 @@ def test_smollm2_multiple_choice_gate_gives_the_expected_verdicts(tmp_path):
     """The SmolLM2 suite's multiple-choice gate (``example_suites/smollm2/multiple_choice``, not
     part of the demo's run) on the same models and its own ``gd`` candidate (built when that
     suite starts): the verdicts its README describes."""
-    source = SUITES / "smollm2"
-    proc = _run(["build_models.py"], source, 3600)
-    assert proc.returncode == 0, _show(proc)
-    suite = tmp_path / "smollm2"
-    shutil.copytree(source, suite, ignore=SKIP)
-    (suite / ".models").symlink_to(source / ".models", target_is_directory=True)
+    suite = _smollm2_copy(tmp_path)
     report = _check_suite_run(suite / "multiple_choice", timeout=3600)
     by_test = {r["test"]: r for r in report["assertions"]}
     assert all(r["metric"] == "mc_acc_text" for r in report["assertions"]), report["assertions"]
