@@ -4,7 +4,7 @@ model, projected to 7B, 8B and 70B.
     python benchmarks/bench_memory.py [--layers 2,10] [--hidden 512] [--vocab 16000] [--samples 16]
                                       [--batch-size 8] [--points smollm2,1b] [--smollm2-samples 8]
                                       [--big-samples 4] [--big-answer-words 8] [--big-relearn-steps 1]
-                                      [--json FILE]
+                                      [--no-big-gate] [--json FILE] [--report FILE]
 
 What is measured (CPU, float32, no result cache; 13 to 20 minutes on a 2-core machine, the
 two small depths alone, ``--points ""``, a few minutes): two Llama models built from a config
@@ -22,7 +22,10 @@ library's default from 1B parameters, for ``--big-relearn-steps`` steps).  A flo
 is 4.7 GiB: its load, scoring and attacks run in a session holding the unlearned model alone (no
 attack reads the original), calibration in one with original and unlearned (only when three
 copies fit the memory then available), and the reference control in one holding the reference
-alone; its whole gate (four copies, 19 GiB) is not run.  The unlearned and reference models are
+alone; then its whole gate runs in one session (four copies at the end, 18.4 GiB; only when the
+memory available exceeds 4.3 copies, 20 GiB; ``--no-big-gate`` skips it).  The whole gates are
+float32 like the rest: CPUs without AVX512-BF16 or AMX multiply bfloat16 matrices a hundred
+times slower than float32 ones.  The unlearned and reference models are
 the original plus seeded noise (half, and 2%, of each tensor's standard deviation).
 
 Memory is the process's **resident set size** (``/proc/self/statm``: anonymous memory and the
@@ -34,7 +37,9 @@ its peak minus the memory at its start.  Phases: ``load`` (one model), ``score``
 set), each attack (``paraphrase``, ``quantize:4``, ``relearn`` with full fine-tuning and
 with LoRA, LoRA again with training batches of 8 instead of 4, ``logit_lens``), ``calibration`` (tau 0.9, es) and ``reference control`` (loading
 and scoring the reference after calibration), and a ``whole gate``: all of these in one
-fresh session, from nothing loaded to the end.
+fresh session, from nothing loaded to the end (relearning as the library does by default: full
+fine-tuning below 1e9 parameters, LoRA above; calibration scores one mix at least), with the
+peak reached by the end of each of its steps.
 
 Model: each phase's peak is ``c * weight bytes + t * logit bytes`` where ``c`` (copies of
 the weights) is the slope between the two depths, and ``t`` is the rest per byte of one
@@ -235,14 +240,7 @@ def measure_phases(paths, data, batch_size, attacks=WEIGHT_ATTACKS, split=False)
         suite.original, suite.unlearned
         with Peak() as p:
             result = suite.calibrate(0.9, "es")
-            # random weights score 0 on both models, so calibration may stop at alpha 1 without a
-            # mix: then score one mix (alpha 0.5) in its working copy, as a bisection step does
-            if not 0 < result.alpha < 1:
-                from pytest_unlearn.metrics import get_metric
-
-                workspace = suite._workspaces[suite.unlearned.fingerprint]
-                mixed = workspace.handle(suite.original, suite.unlearned, 0.5, "mixed")
-                suite.scorer.score(get_metric("es"), mixed, suite.retain)
+            force_mix(suite, result)
         out["calibration"] = p.extra
         del result
     if split:
@@ -257,14 +255,39 @@ def measure_phases(paths, data, batch_size, attacks=WEIGHT_ATTACKS, split=False)
     return out
 
 
-def measure_gate(paths, data, batch_size) -> int:
+def force_mix(suite, result) -> None:
+    """Random weights score 0 on both models, so calibration may stop at alpha 1 without a mix:
+    then score one mix (alpha 0.5) in its working copy, as a bisection step does."""
+    if not 0 < result.alpha < 1:
+        from pytest_unlearn.metrics import get_metric
+
+        workspace = suite._workspaces[suite.unlearned.fingerprint]
+        mixed = workspace.handle(suite.original, suite.unlearned, 0.5, "mixed")
+        suite.scorer.score(get_metric("es"), mixed, suite.retain)
+
+
+def measure_gate(paths, data, batch_size, relearn="relearn:steps=2", steps=None) -> int:
+    """Peak of a whole gate in one fresh session, from nothing loaded to the end: scoring, four
+    attacks, calibration (one mix at least) and the reference control.  ``steps`` (a dict): filled
+    with, for each step, the peak above the start reached by its end and the memory held then."""
     with Peak() as p:
+        def step(name):
+            if steps is not None:
+                peak = max(p.peak, rss()) - p.start
+                trim()
+                steps[name] = [peak, rss() - p.start]
+
         suite = suite_for(paths, data, batch_size)
+        suite.original, suite.unlearned  # the plugin loads both: the original is a control of every attack
         suite.score("es")
-        for spec in ("paraphrase", "quantize:4", "relearn:steps=2", "logit_lens"):
+        step("load original and unlearned, score es")
+        for spec in ("paraphrase", "quantize:4", relearn, "logit_lens"):
             suite.score("es", attack=spec)
-        suite.calibrate(0.9, "es")
+            step(spec.split(":")[0] if spec.startswith("relearn") else spec)
+        force_mix(suite, suite.calibrate(0.9, "es"))
+        step("calibration")
         suite.score("es", model=suite.reference)
+        step("reference control (four models held)")
         suite.close()
     trim()
     return p.extra
@@ -303,9 +326,12 @@ def mem_available() -> int:
 
 
 def measure_point(root: Path, name: str, args, tokenizer, config=None, make_model=None, *, samples: int,
-                  answer_words: int, split: bool, attacks=WEIGHT_ATTACKS, gate: bool = True) -> dict:
+                  answer_words: int, split: bool, attacks=WEIGHT_ATTACKS, gate: bool = True,
+                  relearn: str = "relearn:steps=2", notes: list | None = None) -> dict:
     """Phases (and a whole gate) of one model: ``config`` (random weights) or ``make_model()``
-    (its only reference is dropped once the three folders are saved)."""
+    (its only reference is dropped once the three folders are saved).  The whole gate runs when
+    ``gate`` and the memory available exceeds 4.3 copies of the weights (the four models it holds
+    at the end, and the phase on top), else a line in ``notes`` says why not."""
     t = time.time()
     data, rows = write_data(root, name, samples, answer_words)
     model = make_model() if make_model is not None else None
@@ -319,8 +345,13 @@ def measure_point(root: Path, name: str, args, tokenizer, config=None, make_mode
              "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "samples": samples, "longest": longest,
              "train_batch": train_batch, "logits": logit_bytes(min(args.batch_size, samples), longest, cfg.vocab_size),
              "train_logits": logit_bytes(train_batch, longest, cfg.vocab_size), "split": split,
-             "phases": measure_phases(paths, data, args.batch_size, attacks, split),
-             "gate": measure_gate(paths, data, args.batch_size) if gate else None}
+             "phases": measure_phases(paths, data, args.batch_size, attacks, split), "gate": None, "gate_steps": {}}
+    need = 4.3 * point["weight_bytes"]
+    if gate and mem_available() < need:
+        notes.append(f"{name}: whole gate not run: {mem_available() / GiB:.1f} GiB available, it needs about "
+                     f"{need / GiB:.0f} GiB (four float32 copies of the weights and a phase on top)")
+    elif gate:
+        point["gate"] = measure_gate(paths, data, args.batch_size, relearn, point["gate_steps"])
     for role_path in paths.values():
         for f in Path(role_path).iterdir():
             f.unlink()
@@ -348,6 +379,9 @@ def main(argv=None) -> int:
     ap.add_argument("--big-samples", type=int, default=4, help="rows of the 1B model's forget and retain sets")
     ap.add_argument("--big-answer-words", type=int, default=8, help="words per answer of the 1B model's rows")
     ap.add_argument("--big-relearn-steps", type=int, default=1)
+    ap.add_argument("--no-big-gate", action="store_true", help="skip the 1B model's whole gate (it needs about "
+                    "20 GiB of memory available, four float32 copies of its weights; it is skipped with a note "
+                    "when they are not)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--report", help="measure nothing: print the analysis of a file --json wrote")
     args = ap.parse_args(argv)
@@ -405,7 +439,7 @@ def main(argv=None) -> int:
             if hasattr(box[0].config, "quantization_config"):
                 del box[0].config.quantization_config
             points.append(measure_point(root, "SmolLM2-135M", args, tok, make_model=box.pop,
-                                        samples=args.smollm2_samples, answer_words=24, split=False))
+                                        samples=args.smollm2_samples, answer_words=24, split=False, notes=notes))
             partial(args, runs, points)
         if "1b" in wanted:
             big_rows = [r for seed in (0, 1) for r in synthetic_rows(args.big_samples, seed, args.big_answer_words)]
@@ -422,7 +456,8 @@ def main(argv=None) -> int:
                                "relearn (lora)": f"relearn:steps={steps},lora=true", "logit_lens": "logit_lens"}
                 points.append(measure_point(root, "Llama-3.2-1B config", args, big_tok, config=config,
                                             samples=args.big_samples, answer_words=args.big_answer_words,
-                                            split=True, attacks=big_attacks, gate=False))
+                                            split=True, attacks=big_attacks, gate=not args.no_big_gate,
+                                            relearn=f"relearn:steps={steps}", notes=notes))
     seconds = time.time() - t0
     report = fit_and_project(args, runs, points, vocab, longest, meas_logits, small_seconds, notes, seconds)
     print(report["text"])
@@ -562,13 +597,23 @@ def fit_and_project(args, runs, points, vocab, longest, meas_logits, small_secon
                 row += (f" {f['copies']:.2f} | {f['per_logit_byte']:.2f} |" if f else " | |")
             lines.append(row)
         if pt["gate"] is not None:
-            full = phase_bytes("relearn (full)", w, logits, fit, pact, t_logits)
-            model_small = gate_bytes(w, logits, pact, t_logits, fit, full)[0]
-            lines.append(f"| whole gate (measured) | {pt['gate'] / MiB:.0f} MiB | {model_small / MiB:.0f} MiB "
-                         "(gate model) |" + (" | |" if joint else ""))
+            # the gate relearns as the library does by default: full fine-tuning below 1e9 parameters, LoRA above
+            def gate_model(model):
+                full = phase_bytes("relearn (full)", w, logits, model, pact, t_logits) if pt["params"] < 1e9 else None
+                return gate_bytes(w, logits, pact, t_logits, model, full)[0]
+
+            lines.append(f"| whole gate (measured) | {pt['gate'] / MiB:.0f} MiB | {gate_model(fit) / MiB:.0f} MiB "
+                         "(gate model) |" + (f" gate model from this fit: {gate_model(large) / MiB:.0f} MiB | |"
+                                             if joint else ""))
         else:
-            lines.append("| whole gate | not measured (four float32 copies would not fit this machine's memory) | |"
+            lines.append("| whole gate | not measured (four float32 copies would not fit the memory available) | |"
                          + (" | |" if joint else ""))
+        if pt.get("gate_steps"):
+            lines += ["", f"{pt['name']}, whole gate, step by step (above the gate's start)", "",
+                      "| by the end of | peak so far | copies of the weights | held then | copies of the weights |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {step} | {peak / MiB:.0f} MiB | {peak / w:.2f} | {held / MiB:.0f} MiB | {held / w:.2f} |"
+                      for step, (peak, held) in pt["gate_steps"].items()]
     lines += notes
 
     sources = [(f"{a['layers']}/{b['layers']}-layer fit", fit)]
