@@ -6,7 +6,7 @@ model, projected to 7B, 8B and 70B.
                                       [--big-samples 4] [--big-answer-words 8] [--big-relearn-steps 1]
                                       [--no-big-gate] [--json FILE] [--report FILE]
 
-What is measured (CPU, float32, no result cache; 13 to 20 minutes on a 2-core machine, the
+What is measured (CPU, float32, no result cache; 10 to 20 minutes on a 2-core machine, the
 two small depths alone, ``--points ""``, a few minutes): two Llama models built from a config
 with random weights (``--hidden`` wide, ``--vocab`` logits, ``--layers`` deep: two depths, so
 that a per-parameter slope and a fixed part can be told apart), saved as safetensors folders
@@ -24,8 +24,8 @@ attack reads the original), calibration in one with original and unlearned (only
 copies fit the memory then available), and the reference control in one holding the reference
 alone; then its whole gate runs in one session (four copies at the end, 18.4 GiB; only when the
 memory available exceeds 4.3 copies, 20 GiB; ``--no-big-gate`` skips it).  The whole gates are
-float32 like the rest: CPUs without AVX512-BF16 or AMX multiply bfloat16 matrices a hundred
-times slower than float32 ones.  The unlearned and reference models are
+float32 like the rest: CPUs without AVX512-BF16 or AMX multiply bfloat16 matrices hundreds of
+times slower than float32 ones (230 times on the 2-core machine of docs/performance.md).  The unlearned and reference models are
 the original plus seeded noise (half, and 2%, of each tensor's standard deviation).
 
 Memory is the process's **resident set size** (``/proc/self/statm``: anonymous memory and the
@@ -327,7 +327,7 @@ def mem_available() -> int:
 
 def measure_point(root: Path, name: str, args, tokenizer, config=None, make_model=None, *, samples: int,
                   answer_words: int, split: bool, attacks=WEIGHT_ATTACKS, gate: bool = True,
-                  relearn: str = "relearn:steps=2", notes: list | None = None) -> dict:
+                  relearn: str = "relearn:steps=2", notes: list) -> dict:
     """Phases (and a whole gate) of one model: ``config`` (random weights) or ``make_model()``
     (its only reference is dropped once the three folders are saved).  The whole gate runs when
     ``gate`` and the memory available exceeds 4.3 copies of the weights (the four models it holds
